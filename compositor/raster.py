@@ -76,8 +76,10 @@ def place(canvas: np.ndarray, region: Image.Image, placement: Placement) -> None
 def composite_over(dst: np.ndarray, src: np.ndarray) -> None:
     """dst = src + dst * (1 - src_alpha), in place, both premultiplied uint8.
 
-    Integer arithmetic with exact rounding of x/255; for valid premultiplied
-    input the sum never exceeds 255."""
+    Integer arithmetic with exact rounding of x/255. Lanczos ringing can
+    leave a resampled pixel with more colour than alpha; that colour is clamped
+    to the alpha first (as un-premultiplying would), so the sum never exceeds
+    255 and never wraps."""
     for top in range(0, dst.shape[0], _BAND_ROWS):
         s = src[top : top + _BAND_ROWS]
         d = dst[top : top + _BAND_ROWS]
@@ -89,7 +91,9 @@ def composite_over(dst: np.ndarray, src: np.ndarray) -> None:
         t += 128
         t += t >> 8
         t >>= 8
-        np.add(s, t, out=d, casting="unsafe")
+        t[..., :3] += np.minimum(s[..., :3], alpha)
+        t[..., 3:] += alpha
+        d[...] = t
 
 
 def unpremultiply(canvas: np.ndarray, opaque: bool) -> Image.Image:

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+REQUESTS = FIXTURES / "requests"
+IMAGES = FIXTURES / "images"
+PEER = REPO.parent / "shared" / "peer-fixtures" / "rembg"
+
+
+def minimal_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "canvas_size": "64x48",
+        "origin_img": "fg.png",
+        "modify_origin_img_size": "16x16",
+        "overlay_origin_x": 4,
+        "overlay_origin_y": 8,
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def load_request(name: str) -> dict[str, Any]:
+    return json.loads((REQUESTS / f"{name}.json").read_text())
+
+
+def png_bytes(image: Image.Image, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **params)
+    return buffer.getvalue()
+
+
+def premultiplied(image: Image.Image) -> np.ndarray:
+    """RGBA as premultiplied float: the colour that actually shows, so that
+    the ill-defined colour of nearly transparent pixels does not count."""
+    a = np.asarray(image.convert("RGBA")).astype(np.float64)
+    out = a.copy()
+    out[..., :3] = a[..., :3] * a[..., 3:4] / 255.0
+    return out
+
+
+def solid(mode: str, size: tuple[int, int], colour: Any) -> Image.Image:
+    return Image.new(mode, size, colour)
+
+
+@pytest.fixture
+def write_image(tmp_path: Path):
+    def write(name: str, image: Image.Image, **params: Any) -> str:
+        path = tmp_path / name
+        image.save(path, **params)
+        return str(path)
+
+    return write

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from compositor.cli import main
+from tests.conftest import REQUESTS, minimal_body
+
+
+@pytest.fixture
+def request_dir(tmp_path: Path) -> Path:
+    Image.new("RGBA", (8, 8), (255, 0, 0, 255)).save(tmp_path / "fg.png")
+    (tmp_path / "ok.json").write_text(json.dumps(minimal_body(color_code="#00ff00")))
+    return tmp_path
+
+
+def test_render_writes_a_png_of_the_canvas_size(request_dir: Path) -> None:
+    out = request_dir / "out.png"
+    assert main(["render", str(request_dir / "ok.json"), "-o", str(out)]) == 0
+    image = Image.open(out)
+    assert (image.format, image.mode, image.size) == ("PNG", "RGBA", (64, 48))
+
+
+def test_render_defaults_to_the_request_name_with_png(request_dir: Path) -> None:
+    assert main(["render", str(request_dir / "ok.json")]) == 0
+    assert (request_dir / "ok.png").exists()
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".webp", "WEBP"), (".jpg", "JPEG")])
+def test_the_output_suffix_picks_the_format(request_dir: Path, suffix: str, fmt: str) -> None:
+    out = request_dir / f"out{suffix}"
+    assert main(["render", str(request_dir / "ok.json"), "-o", str(out)]) == 0
+    assert Image.open(out).format == fmt
+
+
+def test_a_zlib_png_level_is_honoured(request_dir: Path) -> None:
+    out = request_dir / "out.png"
+    assert main(["render", str(request_dir / "ok.json"), "-o", str(out), "--png-level", "9"]) == 0
+    assert Image.open(out).getpixel((5, 9)) == (255, 0, 0, 255)
+
+
+def test_an_invalid_body_prints_the_envelope_and_exits_1(request_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (request_dir / "bad.json").write_text(json.dumps({"canvas_size": "0x0"}))
+    assert main(["render", str(request_dir / "bad.json"), "-o", str(request_dir / "x.png")]) == 1
+    envelope = json.loads(capsys.readouterr().out)
+    assert envelope["code"] == 1003 and envelope["data"]["errors"][0]["field"] == "canvas_size"
+    assert not (request_dir / "x.png").exists()
+
+
+def test_a_body_that_is_not_json_is_a_1003_on_body(request_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (request_dir / "bad.json").write_text("{nope")
+    assert main(["validate", str(request_dir / "bad.json"), "--json"]) == 1
+    envelope = json.loads(capsys.readouterr().out)
+    assert envelope["code"] == 1003 and envelope["data"]["errors"][0]["field"] == "body"
+
+
+def test_an_unfetchable_source_exits_2_with_one_line(request_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (request_dir / "missing.json").write_text(json.dumps(minimal_body(origin_img="nope.png")))
+    assert main(["render", str(request_dir / "missing.json"), "-o", str(request_dir / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "origin_img" in err and "does not exist" in err
+
+
+def test_a_failed_render_leaves_an_existing_output_untouched(request_dir: Path) -> None:
+    out = request_dir / "keep.png"
+    out.write_bytes(b"precious")
+    (request_dir / "missing.json").write_text(json.dumps(minimal_body(origin_img="nope.png")))
+    assert main(["render", str(request_dir / "missing.json"), "-o", str(out)]) == 2
+    assert out.read_bytes() == b"precious"
+    assert [p.name for p in request_dir.iterdir() if p.name.startswith(".keep")] == []
+
+
+def test_validate_json_prints_exactly_one_envelope(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(REQUESTS / "example-3-template-and-color.json"), "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1
+    assert json.loads(lines[0]) == {"code": 1000, "msg": "ok", "data": {"errors": [], "warnings": []}}
+
+
+def test_validate_strict_requires_the_webhook(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(REQUESTS / "example-2-color-only.json"), "--strict", "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["data"]["errors"][0]["field"] == "webhookUrl"
+
+
+def test_validate_reads_limits_from_flags(request_dir: Path) -> None:
+    assert main(["validate", str(request_dir / "ok.json"), "--max-canvas-side", "32"]) == 1
+
+
+def test_validate_in_text_lists_errors_and_warnings(request_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (request_dir / "w.json").write_text(json.dumps(minimal_body(overlay_origin_x="a", extra=1)))
+    assert main(["validate", str(request_dir / "w.json")]) == 1
+    out = capsys.readouterr().out
+    assert "invalid (1003)" in out and "error   overlay_origin_x" in out and "warning extra" in out
+
+
+def test_render_reads_the_body_from_stdin_and_writes_to_stdout(request_dir: Path) -> None:
+    exe = shutil.which("compositor") or str(Path(sys.executable).parent / "compositor")
+    body = json.dumps(minimal_body(origin_img=str(request_dir / "fg.png")))
+    done = subprocess.run([exe, "render", "-", "-o", "-"], input=body.encode(), capture_output=True, check=True)
+    assert done.stdout.startswith(b"\x89PNG")
+
+
+def test_stdin_without_an_output_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("{}"))
+    assert main(["render", "-"]) == 2
