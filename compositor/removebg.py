@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,19 +62,38 @@ class BackgroundRemover:
         if device != "cpu" and _CUDA in self.providers and _CUDA not in self.active_providers:
             _warn_once("CUDA was asked for but onnxruntime could not start it; running on CPU")
 
-    def predict(self, image: Image.Image) -> Image.Image:
+    def predict(self, image: Image.Image, stages: dict[str, float] | None = None) -> Image.Image:
         """The foreground mask ("L", 0-255) at the image's own size."""
-        side = self.spec.input_size
-        small = np.asarray(image.convert("RGB").resize((side, side), Image.Resampling.LANCZOS), np.float32)
-        small /= max(float(small.max()), 1e-6)
-        small -= np.asarray(self.spec.mean, np.float32)
-        small /= np.asarray(self.spec.std, np.float32)
-        tensor = np.ascontiguousarray(small.transpose(2, 0, 1)[np.newaxis])
-        prediction = self.session.run(None, {self.input_name: tensor})[0][0, 0]
-        low, high = float(prediction.min()), float(prediction.max())
-        scaled = (prediction - low) / max(high - low, 1e-12) * 255.0
-        mask = Image.fromarray(scaled.astype(np.uint8), "L")
-        return mask.resize(image.size, Image.Resampling.LANCZOS)
+        with _timed(stages, "pre"):
+            side = self.spec.input_size
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            # reducing_gap: an integer box reduction before the Lanczos pass,
+            # 3.5x faster on a 12 MP photo; the input moves by at most 3 levels
+            # and the mask stays at IoU 0.999 with rembg's (README, removeBg).
+            small = np.asarray(rgb.resize((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0), np.float32)
+            small /= max(float(small.max()), 1e-6)
+            small -= np.asarray(self.spec.mean, np.float32)
+            small /= np.asarray(self.spec.std, np.float32)
+            tensor = np.ascontiguousarray(small.transpose(2, 0, 1)[np.newaxis])
+        with _timed(stages, "inference"):
+            prediction = self.session.run(None, {self.input_name: tensor})[0][0, 0]
+        with _timed(stages, "post"):
+            low, high = float(prediction.min()), float(prediction.max())
+            scaled = (prediction - low) / max(high - low, 1e-12) * 255.0
+            mask = Image.fromarray(scaled.astype(np.uint8), "L")
+            return mask.resize(image.size, Image.Resampling.LANCZOS)
+
+    def remove(self, image: Image.Image, stages: dict[str, float] | None = None) -> Image.Image:
+        """The image with its alpha multiplied by the mask. Colour is left as
+        it is: the mask acts only as alpha, so the premultiplied blend that
+        follows shows no halo."""
+        mask = self.predict(image, stages)
+        with _timed(stages, "post"):
+            if image.mode == "RGBA":
+                mask = ImageChops.multiply(image.getchannel("A"), mask)
+            rgba = image.convert("RGBA")  # always a new image: the caller's stays as it was
+            rgba.putalpha(mask)
+            return rgba
 
 
 def select_providers(device: str, available: list[str]) -> list[str]:
@@ -104,12 +126,18 @@ def get_remover(options: RemovalOptions) -> BackgroundRemover:
 
 def remove_background(image: Image.Image, options: RemovalOptions | None = None) -> Image.Image:
     """The image with its alpha multiplied by the foreground mask, computed at
-    the image's natural resolution. Colour is left as it is: the mask acts
-    only as alpha, so the premultiplied blend shows no halo."""
-    mask = get_remover(options or RemovalOptions()).predict(image)
-    rgba = image.convert("RGBA") if image.mode != "RGBA" else image.copy()
-    rgba.putalpha(ImageChops.multiply(rgba.getchannel("A"), mask))
-    return rgba
+    the image's natural resolution (SPEC.md, composite step 3)."""
+    return get_remover(options or RemovalOptions()).remove(image)
+
+
+@contextmanager
+def _timed(stages: dict[str, float] | None, name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if stages is not None:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
 def _warn_once(message: str) -> None:

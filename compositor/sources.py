@@ -95,8 +95,7 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
         try:
             image.seek(0)
             image.load()
-            image = ImageOps.exif_transpose(image)
-            return to_layer_mode(image)
+            return to_layer_mode(ImageOps.exif_transpose(image))
         except (OSError, ValueError, SyntaxError) as exc:
             raise SourceError(field, f"could not be decoded: {exc}") from None
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -162,7 +164,7 @@ def test_files_over_the_size_limit_are_refused(tmp_path: Path) -> None:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, bytes, float]] = {}
+    routes: ClassVar[dict[str, tuple[int, bytes, float]]] = {}
 
     def do_GET(self) -> None:
         status, body, delay = self.routes.get(self.path, (404, b"missing", 0.0))
@@ -170,10 +172,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
     def log_message(self, *args: object) -> None:
         pass

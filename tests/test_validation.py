@@ -104,8 +104,15 @@ def test_a_bad_template_size_is_an_error_when_there_is_a_template() -> None:
     ]
 
 
-@pytest.mark.parametrize(("x", "y", "warned"), [(64, 0, "overlay_origin_x"), (0, 48, "overlay_origin_y"),
-                                                 (-16, 0, "overlay_origin_x"), (0, -16, "overlay_origin_y")])  # fmt: skip
+OFF_CANVAS = [
+    (64, 0, "overlay_origin_x"),
+    (0, 48, "overlay_origin_y"),
+    (-16, 0, "overlay_origin_x"),
+    (0, -16, "overlay_origin_y"),
+]
+
+
+@pytest.mark.parametrize(("x", "y", "warned"), OFF_CANVAS)
 def test_a_foreground_wholly_off_canvas_is_legal_but_warned(x: int, y: int, warned: str) -> None:
     report = validate(minimal_body(overlay_origin_x=x, overlay_origin_y=y))
     assert report.ok
@@ -211,7 +218,7 @@ field_values = st.one_of(
     st.integers(-5000, 5000),
     st.sampled_from(["a.png", "https://h/x.png", "data:,x", "ftp://x", ""]),
 )
-bodies = st.dictionaries(st.sampled_from(sorted(KNOWN_FIELDS) + ["extra"]), field_values, max_size=14)
+bodies = st.dictionaries(st.sampled_from([*sorted(KNOWN_FIELDS), "extra"]), field_values, max_size=14)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
