@@ -218,6 +218,10 @@ def _write(output: str, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
         partial.write(data)
+    # NamedTemporaryFile makes 0600 files; a render gets the usual umask-based mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial.name, 0o666 & ~umask)
     os.replace(partial.name, target)
 
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,16 @@ def test_render_writes_a_png_of_the_canvas_size(request_dir: Path) -> None:
     assert main(["render", str(request_dir / "ok.json"), "-o", str(out)]) == 0
     image = Image.open(out)
     assert (image.format, image.mode, image.size) == ("PNG", "RGBA", (64, 48))
+
+
+def test_the_output_file_gets_the_umask_mode_not_a_private_one(request_dir: Path) -> None:
+    out = request_dir / "out.png"
+    previous = os.umask(0o022)
+    try:
+        assert main(["render", str(request_dir / "ok.json"), "-o", str(out)]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
 
 
 def test_render_defaults_to_the_request_name_with_png(request_dir: Path) -> None:
