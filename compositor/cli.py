@@ -150,7 +150,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from compositor.encode import EncodeOptions, encode, format_for_path
-    from compositor.engine import RenderOptions, StageTimings, render
+    from compositor.engine import RenderOptions, StageTimings, render_array
     from compositor.errors import CompositorError, InvalidRequestError
     from compositor.removebg import RemovalOptions
     from compositor.sources import SourcePolicy
@@ -187,7 +187,7 @@ def _render(args: argparse.Namespace) -> int:
 
     timings = StageTimings()
     try:
-        image = render(body, options=options, timings=timings)
+        image = render_array(body, options=options, timings=timings)
         with timings.stage("encode"):
             data = encode(image, encoding)
         with timings.stage("write"):

@@ -42,14 +42,19 @@ def format_for_path(path: str) -> str | None:
     return None
 
 
-def encode(image: Image.Image, options: EncodeOptions | None = None) -> bytes:
+def encode(image: Image.Image | np.ndarray, options: EncodeOptions | None = None) -> bytes:
+    """Encode an RGBA image, or an (height, width, 4) uint8 array of straight
+    RGBA (which fpng takes as it is, without a copy of the canvas)."""
     options = options or EncodeOptions()
-    if image.mode != "RGBA":
-        image = image.convert("RGBA")
     if options.format == "png" and options.png_level is None:
         import fpng
 
-        return bytes(fpng.from_ndarray(np.ascontiguousarray(np.asarray(image))))
+        pixels = image if isinstance(image, np.ndarray) else np.asarray(image.convert("RGBA"))
+        return bytes(fpng.from_ndarray(np.ascontiguousarray(pixels)))
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image, "RGBA")
+    elif image.mode != "RGBA":
+        image = image.convert("RGBA")
     buffer = io.BytesIO()
     if options.format == "png":
         image.save(buffer, "PNG", compress_level=options.png_level)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from compositor.geometry import Placement, Size, clip_to_canvas
@@ -51,6 +52,17 @@ def render(
     Raises `InvalidRequestError` (1003) for a bad body, `SourceError` for a
     source that cannot be fetched or decoded, `ModelUnavailableError` when
     `removeBg` needs a model that is not installed."""
+    return Image.fromarray(render_array(body, options=options, timings=timings), "RGBA")
+
+
+def render_array(
+    body: object,
+    *,
+    options: RenderOptions | None = None,
+    timings: StageTimings | None = None,
+) -> np.ndarray:
+    """As `render`, as an (height, width, 4) uint8 array of straight RGBA:
+    what the encoder takes without another copy of the canvas."""
     options = options or RenderOptions()
     timings = timings if timings is not None else StageTimings()
     request = body if isinstance(body, CompositeRequest) else parse_request(body, limits=options.limits)
@@ -76,12 +88,14 @@ def render(
         visible = [(image, placement) for image, placement in layers if placement is not None]
 
         with timings.stage("resize"):
-            regions = list(pool.map(lambda layer: resize_visible(*layer), visible))
+            regions: list[Image.Image | None] = list(pool.map(lambda layer: resize_visible(*layer), visible))
 
-    with timings.stage("blend"):
+    with timings.stage("canvas"):
         canvas = new_canvas(request.canvas, request.color)
-        for region, (_, placement) in zip(regions, visible, strict=True):
-            place(canvas, region, placement)
+    with timings.stage("blend"):
+        for index, (_, placement) in enumerate(visible):
+            place(canvas, regions[index], placement)
+            regions[index] = None  # free each layer as soon as it is on the canvas
         return unpremultiply(canvas, opaque=request.color is not None)
 
 

@@ -101,12 +101,8 @@ def test_a_coloured_canvas_stays_opaque_under_translucent_layers() -> None:
     assert placement is not None
     place(canvas, resize_visible(layer, placement), placement)
     assert (canvas[..., 3] == 255).all()
-    assert unpremultiply(canvas, opaque=True).getpixel((5, 5)) == (
-        67,
-        44,
-        21,
-        255,
-    )  # 200*77/255 + 10*178/255 = 67.4, ...
+    # 200*77/255 + 10*178/255 = 67.4, ...
+    assert unpremultiply(canvas, opaque=True)[5, 5].tolist() == [67, 44, 21, 255]
 
 
 def test_a_layer_on_an_empty_canvas_keeps_its_own_alpha() -> None:
@@ -115,8 +111,18 @@ def test_a_layer_on_an_empty_canvas_keeps_its_own_alpha() -> None:
     placement = clip_to_canvas(Size(30, 20), Size(30, 20), 0, 0)
     assert placement is not None
     place(canvas, resize_visible(layer, placement), placement)
-    result = unpremultiply(canvas, opaque=False)
+    result = Image.fromarray(unpremultiply(canvas, opaque=False), "RGBA")
     assert np.abs(premultiplied(result) - premultiplied(layer)).max() <= 1.0
+
+
+def test_unpremultiplying_matches_pillows_conversion() -> None:
+    rng = np.random.default_rng(11)
+    alpha = rng.integers(0, 256, (200, 300, 1), dtype=np.uint8)
+    colour = np.minimum(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8), alpha)
+    canvas = np.ascontiguousarray(np.dstack([colour, alpha]))
+    expected = np.asarray(Image.fromarray(canvas, "RGBa").convert("RGBA")).astype(int)
+    actual = unpremultiply(canvas.copy(), opaque=False).astype(int)
+    assert np.abs(actual - expected).max() <= 1
 
 
 @pytest.mark.parametrize("colour", [None, (1, 2, 3)])
