@@ -86,14 +86,17 @@ def render_array(
             layers.append((template, _placement(request.canvas, request.template, template)))
         layers.append((foreground, _placement(request.canvas, request.foreground, foreground)))
         visible = [(image, placement) for image, placement in layers if placement is not None]
+        placements = [placement for _, placement in visible]
+        del template, foreground, layers  # the sources die with `visible`, right after resizing
 
         with timings.stage("resize"):
             regions: list[Image.Image | None] = list(pool.map(lambda layer: resize_visible(*layer), visible))
+            del visible
 
     with timings.stage("canvas"):
         canvas = new_canvas(request.canvas, request.color)
     with timings.stage("blend"):
-        for index, (_, placement) in enumerate(visible):
+        for index, placement in enumerate(placements):
             place(canvas, regions[index], placement)
             regions[index] = None  # free each layer as soon as it is on the canvas
         return unpremultiply(canvas, opaque=request.color is not None)

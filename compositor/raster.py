@@ -63,40 +63,45 @@ def resize_visible(image: Image.Image, placement: Placement) -> Image.Image:
 
 
 def place(canvas: np.ndarray, region: Image.Image | None, placement: Placement) -> None:
-    """Composite a resized visible region onto the canvas at its placement."""
+    """Composite a resized visible region onto the canvas at its placement,
+    band by band: a band at a time leaves Pillow's memory, so no second
+    full-size copy of the layer is ever made."""
+    if region is None or region.mode not in ("RGB", "RGBa"):
+        raise ValueError(f"cannot place {region.mode if region else 'nothing'}")
     r = placement.canvas
-    target = canvas[r.y0 : r.y1, r.x0 : r.x1]
-    if region is None:
-        raise ValueError("no region to place")
-    if region.mode == "RGB":
-        cv2.cvtColor(np.asarray(region), cv2.COLOR_RGB2RGBA, dst=target)
-    elif region.mode == "RGBa":
-        composite_over(target, np.asarray(region))
-    else:
-        raise ValueError(f"cannot place a region in mode {region.mode}")
+    for top in range(0, region.height, _BAND_ROWS):
+        bottom = min(top + _BAND_ROWS, region.height)
+        band = np.asarray(region.crop((0, top, region.width, bottom)))
+        target = canvas[r.y0 + top : r.y0 + bottom, r.x0 : r.x1]
+        if region.mode == "RGB":
+            cv2.cvtColor(band, cv2.COLOR_RGB2RGBA, dst=target)
+        else:
+            _over_band(target, band)
 
 
 def composite_over(dst: np.ndarray, src: np.ndarray) -> None:
-    """dst = src + dst * (1 - src_alpha), in place, both premultiplied uint8.
-
-    OpenCV's saturating uint8 arithmetic rounds x/255 exactly and uses both
-    cores. Lanczos ringing can leave a resampled pixel with more colour than
-    alpha; that colour is clamped to the alpha first (as un-premultiplying
-    would), so nothing wraps. Bands that are wholly transparent are skipped and
-    wholly opaque ones copied, which is most of a typical cut-out."""
+    """dst = src + dst * (1 - src_alpha), in place, both premultiplied uint8."""
     for top in range(0, dst.shape[0], _BAND_ROWS):
-        s = src[top : top + _BAND_ROWS]
-        d = dst[top : top + _BAND_ROWS]
-        alpha = np.ascontiguousarray(s[..., 3])
-        low, high = cv2.minMaxLoc(alpha)[:2]
-        if high == 0:
-            continue
-        if low == 255:
-            np.copyto(d, s)
-            continue
-        alpha4 = cv2.merge([alpha, alpha, alpha, alpha])
-        under = cv2.multiply(d, cv2.bitwise_not(alpha4), scale=1 / 255)
-        cv2.add(cv2.min(s, alpha4), under, dst=d)
+        _over_band(dst[top : top + _BAND_ROWS], src[top : top + _BAND_ROWS])
+
+
+def _over_band(d: np.ndarray, s: np.ndarray) -> None:
+    """Porter-Duff over for one band. OpenCV's saturating uint8 arithmetic
+    rounds x/255 exactly and uses both cores. Lanczos ringing can leave a
+    resampled pixel with more colour than alpha; that colour is clamped to the
+    alpha first (as un-premultiplying would), so nothing wraps. A wholly
+    transparent band is skipped and a wholly opaque one copied, which is most
+    of a typical cut-out."""
+    alpha = np.ascontiguousarray(s[..., 3])
+    low, high = cv2.minMaxLoc(alpha)[:2]
+    if high == 0:
+        return
+    if low == 255:
+        np.copyto(d, s)
+        return
+    alpha4 = cv2.merge([alpha, alpha, alpha, alpha])
+    under = cv2.multiply(d, cv2.bitwise_not(alpha4), scale=1 / 255)
+    cv2.add(cv2.min(s, alpha4), under, dst=d)
 
 
 def unpremultiply(canvas: np.ndarray, opaque: bool) -> np.ndarray:
