@@ -1,13 +1,14 @@
 # Two entry points for a fresh machine (see README):
-#   make examples   set up .venv, fetch the model, render the four documented examples into out/examples
+#   make serve      set up .venv, fetch the model, start the local mirror on its embedded defaults
 #   make test       set up .venv, fetch the model, lint, type-check and run the whole suite
+# and one more: make examples renders the four documented examples into out/examples.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXAMPLES_OUT ?= out/examples
 
-.PHONY: setup model examples test lint bench
+.PHONY: setup model serve examples test lint bench bench-setup
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,9 @@ setup: $(STAMP)
 
 model: $(STAMP)
 	$(BIN)/compositor models fetch
+
+serve: model
+	$(BIN)/compositor serve
 
 examples: model
 	@mkdir -p $(EXAMPLES_OUT)
@@ -38,5 +42,15 @@ test: model lint
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
-bench: model
-	$(BIN)/python benchmarks/bench_removebg.py
+# The peers: Debian's ImageMagick 6 and GNU time (per-process peak RSS), pyvips and matplotlib from PyPI.
+bench-setup: $(STAMP)
+	@command -v convert-im6.q16 >/dev/null && test -x /usr/bin/time || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagemagick time)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+
+# Speed against the peers (about 8 minutes on 2 cores): ratio tables on stdout,
+# benchmarks/results/*.json, plots in docs/.
+bench: model bench-setup
+	$(BIN)/python benchmarks/bench_removebg.py --json benchmarks/results/removebg.json
+	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_server.py --json benchmarks/results/server.json

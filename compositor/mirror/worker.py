@@ -1,0 +1,34 @@
+"""Rendering in worker processes, so the server keeps answering while the
+CPU-bound engine runs. Only plain data crosses the process boundary."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def render_to_file(
+    body: dict[str, Any], result_path: str, policy: dict[str, Any], model_home: str | None
+) -> str | None:
+    """Render `body` into `result_path` (atomically); the failure reason, or None."""
+    from compositor import CompositorError, RemovalOptions, RenderOptions, SourcePolicy
+    from compositor.encode import encode
+    from compositor.engine import render_array
+
+    options = RenderOptions(
+        sources=SourcePolicy(**policy),
+        removal=RemovalOptions(model_home=Path(model_home) if model_home else None),
+    )
+    try:
+        data = encode(render_array(body, options=options))
+    except CompositorError as exc:
+        return str(exc)
+    target = Path(result_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as partial:
+        partial.write(data)
+    os.chmod(partial.name, 0o644)
+    os.replace(partial.name, target)
+    return None

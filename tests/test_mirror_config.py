@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compositor.mirror import config
+from compositor.mirror.models import Accounts, ApiError, Client
+
+SECRET = "0123456789abcdef"
+
+
+def test_a_non_loopback_bind_without_a_client_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="refusing"):
+        config.load({"host": "0.0.0.0", "data_dir": tmp_path}, environ={})
+
+
+def test_loopback_without_a_client_gets_a_development_client_that_persists(tmp_path: Path) -> None:
+    first = config.load({"data_dir": tmp_path}, environ={})
+    second = config.load({"data_dir": tmp_path}, environ={})
+    assert first.development_client is not None
+    assert first.development_client == second.development_client
+    assert first.settings.clients == (first.development_client,)
+
+
+def test_flags_beat_the_environment_which_beats_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "mirror.toml"
+    file.write_text(f'port = 1111\nworkers = 3\n[[client]]\nid = "f"\nsecret = "{SECRET}"\n')
+    environ = {"COMPOSITOR_PORT": "2222", "COMPOSITOR_CLIENTS": f"e:{SECRET}"}
+    loaded = config.load({"config": file, "data_dir": tmp_path}, environ=environ)
+    assert (loaded.port, loaded.settings.workers, loaded.settings.clients[0].client_id) == (2222, 3, "e")
+    flagged = config.load({"config": file, "data_dir": tmp_path, "port": 3333, "client": [f"c:{SECRET}"]}, environ)
+    assert (flagged.port, flagged.settings.clients[0].client_id) == (3333, "c")
+
+
+@pytest.mark.parametrize("text", ["no-colon", "id:short-secret"])
+def test_a_malformed_client_is_refused(text: str) -> None:
+    with pytest.raises(config.ConfigError):
+        config.parse_client(text)
+
+
+def test_the_rate_window_slides() -> None:
+    client = Client("c", SECRET, rate_limit_per_minute=2)
+    accounts = Accounts([client], b"k" * 32)
+    accounts.check_rate(client, now=0.0)
+    accounts.check_rate(client, now=1.0)
+    with pytest.raises(ApiError) as caught:
+        accounts.check_rate(client, now=59.0)
+    assert caught.value.code == 1005
+    accounts.check_rate(client, now=60.5)
