@@ -101,6 +101,23 @@ def clip_to_canvas(canvas: Size, layer: Size, x: int, y: int) -> Placement | Non
     )
 
 
+def split_rows(placement: Placement, rows: int) -> list[Placement]:
+    """The placement cut into horizontal strips of at most `rows` rows, each
+    still a placement of the same scaled layer."""
+    strips = []
+    c, layer = placement.canvas, placement.layer
+    for top in range(0, c.height, rows):
+        bottom = min(top + rows, c.height)
+        strips.append(
+            Placement(
+                canvas=Rect(c.x0, c.y0 + top, c.x1, c.y0 + bottom),
+                layer=Rect(layer.x0, layer.y0 + top, layer.x1, layer.y0 + bottom),
+                layer_size=placement.layer_size,
+            )
+        )
+    return strips
+
+
 def source_box(placement: Placement, source: Size) -> tuple[float, float, float, float]:
     """The region of the unscaled source that maps onto the visible part, in
     the float coordinates that `PIL.Image.resize(box=...)` takes."""

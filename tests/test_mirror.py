@@ -290,6 +290,24 @@ def test_random_bodies_never_get_a_server_error(server: Server, payload: object)
     assert response.json()["code"] in (1000, 1003)
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(payload=json_values)
+def test_random_token_requests_never_get_a_server_error(server: Server, payload: object) -> None:
+    response = httpx.post(server.base + TOKEN, json=payload, timeout=10)
+    assert response.status_code == 200 and response.json()["code"] in (1003, 1101)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(job_id=st.text(max_size=40), key=st.sampled_from([SECRET, "", "x" * 32]), bearer=st.text(max_size=30))
+def test_random_polls_and_headers_never_get_a_server_error(server: Server, job_id: str, key: str, bearer: str) -> None:
+    headers = {"x-api-key": key} if key else {}
+    if bearer.isascii() and bearer.isprintable() and bearer.strip():
+        headers["authorization"] = f"Bearer {bearer.strip()}"
+    response = httpx.get(server.base + INFO, params={"image_model_id": job_id}, headers=headers, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["code"] in (1003, 1101, 1102)
+
+
 # --- webhooks ------------------------------------------------------------------
 
 

@@ -88,4 +88,4 @@ def test_stage_timings_are_recorded(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(tmp_path / "fg.png")
     timings = StageTimings()
     render(minimal_body(), options=RenderOptions(sources=SourcePolicy(base_dir=tmp_path)), timings=timings)
-    assert set(timings.seconds) == {"decode", "resize", "canvas", "blend"}
+    assert set(timings.seconds) == {"decode", "canvas", "resize", "blend", "finish"}
