@@ -65,14 +65,18 @@ class Server:
                 self.kill_hard()
 
 
-def start_server(data_dir: Path, config: str, *extra: str, port: int | None = None) -> Server:
+def start_server(
+    data_dir: Path, config: str, *extra: str, port: int | None = None, env: dict[str, str] | None = None
+) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "mirror.toml").write_text(config)
     port = port or free_port()
     argv = [sys.executable, "-m", "compositor.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)]
     argv += ["--workers", "2", "--config", str(data_dir / "mirror.toml"), "--allow-file-root", str(FIXTURES), *extra]
     log = data_dir / f"server-{port}-{time.monotonic_ns()}.log"
-    process = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -437,6 +441,19 @@ def test_results_expire_after_their_time_to_live(tmp_path: Path) -> None:
         assert list((tmp_path / "data" / "results").glob("*.png")) == []
     finally:
         short.stop()
+
+
+def test_remove_bg_without_a_model_fails_the_job_naming_the_fix(tmp_path: Path) -> None:
+    empty_home = tmp_path / "no-models"
+    empty_home.mkdir()
+    bare = start_server(tmp_path / "data", CONFIG, env={"COMPOSITOR_MODEL_HOME": str(empty_home)})
+    try:
+        job = call(bare, "POST", SUBMIT, json=body(removeBg=True))["data"]
+        done = wait_for(bare, job["_id"])
+        assert done["image_status"] == 4
+        assert "compositor models fetch u2netp" in done["error_reasons"][0]
+    finally:
+        bare.stop()
 
 
 def test_the_submit_command_renders_through_the_mirror(server: Server, tmp_path: Path) -> None:
