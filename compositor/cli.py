@@ -152,6 +152,19 @@ def _read_body(source: str) -> tuple[object, Path]:
         raise BodyError(f"is not valid JSON: {exc}") from None
 
 
+def _load_body(source: str, *, as_json: bool = True) -> tuple[object, Path] | int:
+    """The body and its folder, or the exit code after saying what is wrong:
+    2 for a file that cannot be read, 1 (and a 1003 on `body`) for bad JSON."""
+    try:
+        return _read_body(source)
+    except OSError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except BodyError as exc:
+        print(json.dumps(_body_error_envelope(str(exc))) if as_json else f"invalid (1003)\n  error   body: {exc}")
+        return EXIT_INVALID
+
+
 def _body_error_envelope(message: str) -> dict[str, Any]:
     return {
         "code": 1003,
@@ -163,15 +176,10 @@ def _body_error_envelope(message: str) -> dict[str, Any]:
 def _validate(args: argparse.Namespace) -> int:
     from compositor.request import validate
 
-    try:
-        body, _ = _read_body(args.request)
-    except OSError as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    except BodyError as exc:
-        envelope = _body_error_envelope(str(exc))
-        print(json.dumps(envelope) if args.json else f"invalid (1003)\n  error   body: {exc}")
-        return EXIT_INVALID
+    loaded = _load_body(args.request, as_json=args.json)
+    if isinstance(loaded, int):
+        return loaded
+    body, _ = loaded
     report = validate(body, strict=args.strict, limits=_limits(args))
     if args.json:
         print(json.dumps(report.envelope()))
@@ -191,14 +199,10 @@ def _render(args: argparse.Namespace) -> int:
     from compositor.removebg import RemovalOptions
     from compositor.sources import SourcePolicy
 
-    try:
-        body, base = _read_body(args.request)
-    except OSError as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    except BodyError as exc:
-        print(json.dumps(_body_error_envelope(str(exc))))
-        return EXIT_INVALID
+    loaded = _load_body(args.request)
+    if isinstance(loaded, int):
+        return loaded
+    body, base = loaded
 
     output = args.output
     if output is None:
@@ -308,14 +312,10 @@ def _serve(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from compositor.client import ApiCallError, BackgroundChangeClient
 
-    try:
-        body, base = _read_body(args.request)
-    except OSError as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    except BodyError as exc:
-        print(json.dumps(_body_error_envelope(str(exc))))
-        return EXIT_INVALID
+    loaded = _load_body(args.request)
+    if isinstance(loaded, int):
+        return loaded
+    body, base = loaded
     if not isinstance(body, dict):
         print(json.dumps(_body_error_envelope("must be a JSON object")))
         return EXIT_INVALID
