@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.mirror.models import ApiError
+from compositor.mirror.page import add_page
 from compositor.mirror.service import Mirror
 
 _BODY_SCHEMA: dict[str, Any] = {
@@ -123,4 +124,5 @@ def create_app(mirror: Mirror) -> FastAPI:
             return JSONResponse({"code": 1003, "msg": "no such result, or it has expired"}, status_code=404)
         return FileResponse(path, media_type="image/png")
 
+    add_page(app, mirror)
     return app

@@ -1,0 +1,135 @@
+"""The preview page, end to end in a real headless Chromium (Debian's, driven
+by Playwright; `make test` installs it)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IMAGES, REQUESTS
+from tests.test_mirror import CONFIG, Server, start_server
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("page"), CONFIG)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def page(page_server: Server) -> Iterator[object]:
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        tab = browser.new_page(viewport={"width": 1500, "height": 900})
+        tab.goto(page_server.base + "/")
+        yield tab
+        browser.close()
+
+
+def body_of(tab: object) -> dict[str, object]:
+    return dict(json.loads(tab.text_content("#body_json")))  # type: ignore[attr-defined]
+
+
+def previews(tab: object) -> int:
+    return int(tab.get_attribute("#preview", "data-count") or 0)  # type: ignore[attr-defined]
+
+
+def pick_images(tab: object) -> None:
+    tab.set_input_files("#template_file", str(IMAGES / "template.jpg"))  # type: ignore[attr-defined]
+    tab.wait_for_function("document.getElementById('body_json').textContent.includes('template_url')")  # type: ignore[attr-defined]
+    tab.set_input_files("#origin_file", str(IMAGES / "foreground.png"))  # type: ignore[attr-defined]
+    tab.wait_for_function(  # type: ignore[attr-defined]
+        "document.getElementById('body_json').textContent.split('/uploads/').length === 3"
+        " && Number(document.getElementById('preview').dataset.count || 0) > 0"
+    )
+
+
+def test_dragging_a_layer_moves_its_offsets_by_the_dragged_canvas_pixels(page: object) -> None:
+    pick_images(page)
+    before = body_of(page)
+    scale = float(page.get_attribute("#stage", "data-scale"))  # type: ignore[attr-defined]
+    shown = previews(page)
+    box = page.locator("#origin_box").bounding_box()  # type: ignore[attr-defined]
+    start_x, start_y = box["x"] + box["width"] / 3, box["y"] + box["height"] / 3
+    page.mouse.move(start_x, start_y)  # type: ignore[attr-defined]
+    page.mouse.down()  # type: ignore[attr-defined]
+    page.mouse.move(start_x + 120, start_y + 60, steps=8)  # type: ignore[attr-defined]
+    page.mouse.up()  # type: ignore[attr-defined]
+    page.wait_for_function(f"Number(document.getElementById('preview').dataset.count || 0) > {shown}")  # type: ignore[attr-defined]
+    after = body_of(page)
+    assert abs(after["overlay_origin_x"] - (before["overlay_origin_x"] + 120 / scale)) <= 1  # type: ignore[operator]
+    assert abs(after["overlay_origin_y"] - (before["overlay_origin_y"] + 60 / scale)) <= 1  # type: ignore[operator]
+    assert page.input_value("#overlay_origin_x") == str(after["overlay_origin_x"])  # type: ignore[attr-defined]
+
+
+def test_resizing_by_the_handle_keeps_the_aspect_ratio(page: object) -> None:
+    pick_images(page)
+    page.fill("#origin_w", "1000")  # type: ignore[attr-defined]
+    page.fill("#origin_h", "500")  # type: ignore[attr-defined]
+    handle = page.locator("#origin_box .handle").bounding_box()  # type: ignore[attr-defined]
+    x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+    page.mouse.move(x, y)  # type: ignore[attr-defined]
+    page.mouse.down()  # type: ignore[attr-defined]
+    page.mouse.move(x + 80, y + 10, steps=5)  # type: ignore[attr-defined]
+    page.mouse.up()  # type: ignore[attr-defined]
+    width, height = (int(v) for v in str(body_of(page)["modify_origin_img_size"]).split("x"))
+    assert width > 1000 and abs(width / height - 2.0) < 0.01
+
+
+def test_a_pasted_documented_body_fills_the_fields(page: object) -> None:
+    example = json.loads((REQUESTS / "example-3-template-and-color.json").read_text())
+    page.fill("#paste", json.dumps(example))  # type: ignore[attr-defined]
+    page.click("#load_body")  # type: ignore[attr-defined]
+    assert page.input_value("#canvas_w") == "3840"  # type: ignore[attr-defined]
+    assert page.input_value("#overlay_origin_x") == "-72"  # type: ignore[attr-defined]
+    assert page.input_value("#overlay_template_x") == "2049"  # type: ignore[attr-defined]
+    assert page.input_value("#color_code") == "#aafbe3"  # type: ignore[attr-defined]
+    frame = page.locator("#frame").bounding_box()  # type: ignore[attr-defined]
+    layer = page.locator("#origin_box").bounding_box()  # type: ignore[attr-defined]
+    assert layer["x"] < frame["x"] and layer["y"] < frame["y"]  # shown outside the canvas frame too
+    assert body_of(page) == example
+
+
+def test_validation_messages_appear_beside_their_field(page: object) -> None:
+    page.fill("#canvas_w", "100000")  # type: ignore[attr-defined]
+    message = page.locator('.msg[data-for="canvas_size"]')  # type: ignore[attr-defined]
+    message.wait_for()
+    page.wait_for_function("document.querySelector('.msg[data-for=canvas_size]').textContent.includes('1003')")  # type: ignore[attr-defined]
+    assert "16384" in message.text_content()
+    assert "invalid (1003)" in page.text_content("#summary")  # type: ignore[attr-defined]
+
+
+def test_the_copied_body_validates_and_renders_what_the_page_showed(page: object) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from compositor import render, validate
+
+    pick_images(page)
+    body = body_of(page)
+    assert validate(body).ok
+    shown_url = page.evaluate(  # type: ignore[attr-defined]
+        """() => { const img = document.getElementById('preview'), c = document.createElement('canvas');
+                   c.width = img.naturalWidth; c.height = img.naturalHeight;
+                   c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL('image/png'); }"""
+    )
+    shown = Image.open(io.BytesIO(base64.b64decode(shown_url.split(",", 1)[1]))).convert("RGB")
+    full = render(body)
+    assert full.size == (3840, 3840) and shown.size == (1024, 1024)
+    expected = full.convert("RGB").resize(shown.size, Image.Resampling.LANCZOS)
+    difference = np.abs(np.asarray(shown).astype(int) - np.asarray(expected).astype(int))
+    assert difference.mean() < 2.0  # the same picture, rendered small rather than rendered then shrunk
