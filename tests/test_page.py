@@ -44,6 +44,13 @@ def previews(tab: object) -> int:
     return int(tab.get_attribute("#preview", "data-count") or 0)  # type: ignore[attr-defined]
 
 
+def drag(tab: object, x: float, y: float, dx: float, dy: float) -> None:
+    tab.mouse.move(x, y)  # type: ignore[attr-defined]
+    tab.mouse.down()  # type: ignore[attr-defined]
+    tab.mouse.move(x + dx, y + dy, steps=8)  # type: ignore[attr-defined]
+    tab.mouse.up()  # type: ignore[attr-defined]
+
+
 def pick_images(tab: object) -> None:
     tab.set_input_files("#template_file", str(IMAGES / "template.jpg"))  # type: ignore[attr-defined]
     tab.wait_for_function("document.getElementById('body_json').textContent.includes('template_url')")  # type: ignore[attr-defined]
@@ -60,11 +67,7 @@ def test_dragging_a_layer_moves_its_offsets_by_the_dragged_canvas_pixels(page: o
     scale = float(page.get_attribute("#stage", "data-scale"))  # type: ignore[attr-defined]
     shown = previews(page)
     box = page.locator("#origin_box").bounding_box()  # type: ignore[attr-defined]
-    start_x, start_y = box["x"] + box["width"] / 3, box["y"] + box["height"] / 3
-    page.mouse.move(start_x, start_y)  # type: ignore[attr-defined]
-    page.mouse.down()  # type: ignore[attr-defined]
-    page.mouse.move(start_x + 120, start_y + 60, steps=8)  # type: ignore[attr-defined]
-    page.mouse.up()  # type: ignore[attr-defined]
+    drag(page, box["x"] + box["width"] / 3, box["y"] + box["height"] / 3, 120, 60)
     page.wait_for_function(f"Number(document.getElementById('preview').dataset.count || 0) > {shown}")  # type: ignore[attr-defined]
     after = body_of(page)
     assert abs(after["overlay_origin_x"] - (before["overlay_origin_x"] + 120 / scale)) <= 1  # type: ignore[operator]
@@ -77,11 +80,7 @@ def test_resizing_by_the_handle_keeps_the_aspect_ratio(page: object) -> None:
     page.fill("#origin_w", "1000")  # type: ignore[attr-defined]
     page.fill("#origin_h", "500")  # type: ignore[attr-defined]
     handle = page.locator("#origin_box .handle").bounding_box()  # type: ignore[attr-defined]
-    x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
-    page.mouse.move(x, y)  # type: ignore[attr-defined]
-    page.mouse.down()  # type: ignore[attr-defined]
-    page.mouse.move(x + 80, y + 10, steps=5)  # type: ignore[attr-defined]
-    page.mouse.up()  # type: ignore[attr-defined]
+    drag(page, handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2, 80, 10)
     width, height = (int(v) for v in str(body_of(page)["modify_origin_img_size"]).split("x"))
     assert width > 1000 and abs(width / height - 2.0) < 0.01
 
