@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -174,9 +175,7 @@ def scaled_example_3(inputs: dict[str, Path], side: int) -> dict[str, Any]:
 
 
 def premultiplied(path: Path) -> np.ndarray:
-    pixels = np.asarray(Image.open(path).convert("RGBA")).astype(np.float32)
-    pixels[..., :3] *= pixels[..., 3:4] / 255.0
-    return pixels
+    return np.asarray(Image.open(path).convert("RGBA").convert("RGBa"))
 
 
 def check_against(reference: Path, candidate: Path) -> tuple[bool, str]:
@@ -186,8 +185,12 @@ def check_against(reference: Path, candidate: Path) -> tuple[bool, str]:
     a, b = premultiplied(reference), premultiplied(candidate)
     if a.shape != b.shape:
         return False, f"size {b.shape[1]}x{b.shape[0]}"
-    diff = np.abs(a - b)
-    mean, p999 = float(diff.mean()), float(np.percentile(diff, 99.9))
+    # In uint8 with OpenCV: the float version spent 4.9 s per 3840x3840 check,
+    # a quarter of the harness's run time.
+    diff = cv2.absdiff(a, b).reshape(-1, 1)
+    counts = np.cumsum(cv2.calcHist([diff], [0], None, [256], [0, 256]).ravel())
+    mean = float(np.dot(np.diff(counts, prepend=0), np.arange(256)) / counts[-1])
+    p999 = float(np.searchsorted(counts, 0.999 * counts[-1]))
     return mean <= 1.5 and p999 <= 12, f"mean {mean:.2f}, p99.9 {p999:.0f}"
 
 
