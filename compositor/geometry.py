@@ -57,10 +57,6 @@ class Placement:
     layer: Rect
     layer_size: Size
 
-    @property
-    def is_whole_layer(self) -> bool:
-        return self.layer == Rect(0, 0, self.layer_size.width, self.layer_size.height)
-
 
 def parse_size(text: object) -> Size:
     """Parse the API's `"WxH"` size: two positive decimal integers joined by a

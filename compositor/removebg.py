@@ -146,10 +146,6 @@ def _warn_once(message: str) -> None:
         log.warning(message)
 
 
-def session_count() -> int:
-    return len(_sessions)
-
-
 def reset_sessions() -> None:
     """Forget every session (tests, and after the model home changes)."""
     with _sessions_lock:

@@ -55,7 +55,7 @@ def test_layer_inside_the_canvas_is_whole() -> None:
     placement = clip_to_canvas(Size(100, 100), Size(10, 20), 5, 6)
     assert placement is not None
     assert placement.canvas == Rect(5, 6, 15, 26)
-    assert placement.is_whole_layer
+    assert placement.layer == Rect(0, 0, 10, 20)
 
 
 def test_negative_offsets_cut_the_layer_top_left() -> None:

@@ -286,12 +286,6 @@ class JobStore:
             ).fetchall()
         return [row["result_path"] for row in rows if row["result_path"]]
 
-    def count(self, status: int | None = None) -> int:
-        with self._lock:
-            if status is None:
-                return int(self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
-            return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0])
-
 
 def _job(row: sqlite3.Row) -> Job:
     return Job(

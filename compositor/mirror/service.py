@@ -13,7 +13,6 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.mirror.models import (
@@ -188,7 +187,3 @@ def _signing_key(data_dir: Path) -> bytes:
         path.write_bytes(secrets.token_bytes(32))
         path.chmod(0o600)
     return path.read_bytes()
-
-
-def describe(job: Job) -> dict[str, Any]:
-    return job.to_api()
