@@ -62,21 +62,18 @@ def resize_visible(image: Image.Image, placement: Placement) -> Image.Image:
     )
 
 
-def place(canvas: np.ndarray, region: Image.Image | None, placement: Placement) -> None:
-    """Composite a resized visible region onto the canvas at its placement,
-    band by band: a band at a time leaves Pillow's memory, so no second
-    full-size copy of the layer is ever made."""
-    if region is None or region.mode not in ("RGB", "RGBa"):
-        raise ValueError(f"cannot place {region.mode if region else 'nothing'}")
+def place(canvas: np.ndarray, region: Image.Image, placement: Placement) -> None:
+    """Composite a resized region (a strip of a layer, in the engine) onto the
+    canvas at its placement: opaque regions are copied, others blended."""
     r = placement.canvas
-    for top in range(0, region.height, _BAND_ROWS):
-        bottom = min(top + _BAND_ROWS, region.height)
-        band = np.asarray(region.crop((0, top, region.width, bottom)))
-        target = canvas[r.y0 + top : r.y0 + bottom, r.x0 : r.x1]
-        if region.mode == "RGB":
-            cv2.cvtColor(band, cv2.COLOR_RGB2RGBA, dst=target)
-        else:
-            _over_band(target, band)
+    target = canvas[r.y0 : r.y1, r.x0 : r.x1]
+    pixels = np.asarray(region)
+    if region.mode == "RGB":
+        cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA, dst=target)
+    elif region.mode == "RGBa":
+        composite_over(target, pixels)
+    else:
+        raise ValueError(f"cannot place a region in mode {region.mode}")
 
 
 def composite_over(dst: np.ndarray, src: np.ndarray) -> None:
