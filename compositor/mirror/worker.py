@@ -3,10 +3,10 @@ CPU-bound engine runs. Only plain data crosses the process boundary."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from compositor.files import write_atomically
 
 
 def render_to_file(
@@ -25,10 +25,5 @@ def render_to_file(
         data = encode(render_array(body, options=options))
     except CompositorError as exc:
         return str(exc)
-    target = Path(result_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as partial:
-        partial.write(data)
-    os.chmod(partial.name, 0o644)
-    os.replace(partial.name, target)
+    write_atomically(Path(result_path), data)
     return None
