@@ -33,6 +33,7 @@ def main() -> int:
     import compositor  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before rembg loads onnxruntime)
     from compositor.models import default_home, verified_path
     from compositor.removebg import RemovalOptions, get_remover
+    from compositor.timings import StageTimings
 
     verified_path("u2netp")
     os.environ.setdefault("REMBG_HOME", str(default_home()))  # rembg finds the same verified weights
@@ -43,9 +44,8 @@ def main() -> int:
     theirs = new_session("u2netp", providers=["CPUExecutionProvider"])
 
     def run_ours() -> tuple[Image.Image, dict[str, float]]:
-        stages: dict[str, float] = {}
-        result = ours.remove(image, stages)
-        return result, stages
+        timings = StageTimings()
+        return ours.remove(image, timings), timings.seconds
 
     def run_rembg() -> Image.Image:
         return remove(image, session=theirs)

@@ -13,7 +13,7 @@ import os
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from compositor.encode import EncodeOptions, encode
-from compositor.engine import RenderOptions, StageTimings, render
+from compositor.engine import RenderOptions, render
 from compositor.errors import (
     ApiCode,
     CompositorError,
@@ -24,6 +24,7 @@ from compositor.errors import (
 from compositor.removebg import RemovalOptions
 from compositor.request import CompositeRequest, Limits, ValidationReport, validate
 from compositor.sources import SourcePolicy
+from compositor.timings import StageTimings
 
 __all__ = [
     "ApiCode",

@@ -192,10 +192,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     from compositor.encode import EncodeOptions, encode, format_for_path
-    from compositor.engine import RenderOptions, StageTimings, render_array
+    from compositor.engine import RenderOptions, render_array
     from compositor.errors import CompositorError, InvalidRequestError
     from compositor.removebg import RemovalOptions
     from compositor.sources import SourcePolicy
+    from compositor.timings import StageTimings
 
     loaded = _load_body(args.request)
     if isinstance(loaded, int):

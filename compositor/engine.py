@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +15,7 @@ from compositor.raster import new_canvas, place, resize_visible, unpremultiply
 from compositor.removebg import RemovalOptions, remove_background
 from compositor.request import CompositeRequest, Layer, Limits, parse_request
 from compositor.sources import SourcePolicy, load_image
+from compositor.timings import StageTimings
 
 # Rows per strip: enough strips to keep both cores busy, each large enough
 # that the Lanczos margin re-read at its edges costs little.
@@ -28,21 +27,6 @@ class RenderOptions:
     limits: Limits = field(default_factory=Limits)
     sources: SourcePolicy = field(default_factory=SourcePolicy)
     removal: RemovalOptions = field(default_factory=RemovalOptions)
-
-
-@dataclass
-class StageTimings:
-    """Wall-clock seconds spent in each stage of one render."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def render(

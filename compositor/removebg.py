@@ -13,9 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageChops
 
 from compositor.models import ModelSpec, get_spec, verified_path
+from compositor.timings import StageTimings
 
 # onnxruntime phones home from a background thread unless this is set before
 # it is imported; an offline tool must never do that.
@@ -62,9 +60,10 @@ class BackgroundRemover:
         if device != "cpu" and _CUDA in self.providers and _CUDA not in self.active_providers:
             _warn_once("CUDA was asked for but onnxruntime could not start it; running on CPU")
 
-    def predict(self, image: Image.Image, stages: dict[str, float] | None = None) -> Image.Image:
+    def predict(self, image: Image.Image, timings: StageTimings | None = None) -> Image.Image:
         """The foreground mask ("L", 0-255) at the image's own size."""
-        with _timed(stages, "pre"):
+        timings = timings if timings is not None else StageTimings()
+        with timings.stage("pre"):
             side = self.spec.input_size
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             # reducing_gap: an integer box reduction before the Lanczos pass,
@@ -75,20 +74,21 @@ class BackgroundRemover:
             small -= np.asarray(self.spec.mean, np.float32)
             small /= np.asarray(self.spec.std, np.float32)
             tensor = np.ascontiguousarray(small.transpose(2, 0, 1)[np.newaxis])
-        with _timed(stages, "inference"):
+        with timings.stage("inference"):
             prediction = self.session.run(None, {self.input_name: tensor})[0][0, 0]
-        with _timed(stages, "post"):
+        with timings.stage("post"):
             low, high = float(prediction.min()), float(prediction.max())
             scaled = (prediction - low) / max(high - low, 1e-12) * 255.0
             mask = Image.fromarray(scaled.astype(np.uint8), "L")
             return mask.resize(image.size, Image.Resampling.LANCZOS)
 
-    def remove(self, image: Image.Image, stages: dict[str, float] | None = None) -> Image.Image:
+    def remove(self, image: Image.Image, timings: StageTimings | None = None) -> Image.Image:
         """The image with its alpha multiplied by the mask. Colour is left as
         it is: the mask acts only as alpha, so the premultiplied blend that
         follows shows no halo."""
-        mask = self.predict(image, stages)
-        with _timed(stages, "post"):
+        timings = timings if timings is not None else StageTimings()
+        mask = self.predict(image, timings)
+        with timings.stage("post"):
             if image.mode == "RGBA":
                 mask = ImageChops.multiply(image.getchannel("A"), mask)
             rgba = image.convert("RGBA")  # always a new image: the caller's stays as it was
@@ -128,16 +128,6 @@ def remove_background(image: Image.Image, options: RemovalOptions | None = None)
     """The image with its alpha multiplied by the foreground mask, computed at
     the image's natural resolution (SPEC.md, composite step 3)."""
     return get_remover(options or RemovalOptions()).remove(image)
-
-
-@contextmanager
-def _timed(stages: dict[str, float] | None, name: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        if stages is not None:
-            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
 
 
 def _warn_once(message: str) -> None:
