@@ -44,7 +44,6 @@ class MirrorSettings:
     file_roots: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
     webhook_retry: RetryPolicy = field(default_factory=RetryPolicy)
-    model_home: Path | None = None
 
     @property
     def results_dir(self) -> Path:
@@ -136,9 +135,8 @@ class Mirror:
         assert self._pool is not None
         result = self.settings.results_dir / f"{job.id}.png"
         policy = asdict(SourcePolicy(file_roots=self.settings.file_roots))
-        home = str(self.settings.model_home) if self.settings.model_home else None
         try:
-            future = self._pool.submit(render_to_file, job.body, str(result), policy, home)
+            future = self._pool.submit(render_to_file, job.body, str(result), policy)
         except RuntimeError:  # the pool is shutting down; the job stays processing and is re-queued at start
             self._slots.release()
             return

@@ -9,18 +9,15 @@ from typing import Any
 from compositor.files import write_atomically
 
 
-def render_to_file(
-    body: dict[str, Any], result_path: str, policy: dict[str, Any], model_home: str | None
-) -> str | None:
-    """Render `body` into `result_path` (atomically); the failure reason, or None."""
-    from compositor import CompositorError, RemovalOptions, RenderOptions, SourcePolicy
+def render_to_file(body: dict[str, Any], result_path: str, policy: dict[str, Any]) -> str | None:
+    """Render `body` into `result_path` (atomically); the failure reason, or None.
+    removeBg finds its model where the server's environment says
+    ($COMPOSITOR_MODEL_HOME, else the checkout)."""
+    from compositor import CompositorError, RenderOptions, SourcePolicy
     from compositor.encode import encode
     from compositor.engine import render_array
 
-    options = RenderOptions(
-        sources=SourcePolicy(**policy),
-        removal=RemovalOptions(model_home=Path(model_home) if model_home else None),
-    )
+    options = RenderOptions(sources=SourcePolicy(**policy))
     try:
         data = encode(render_array(body, options=options))
     except CompositorError as exc:
