@@ -95,7 +95,10 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
         try:
             image.seek(0)
             image.load()
-            return to_layer_mode(ImageOps.exif_transpose(image))
+            # In place: without an orientation to apply, the default would
+            # still return a copy (20 ms for a 2400x2672 photo here).
+            ImageOps.exif_transpose(image, in_place=True)
+            return to_layer_mode(image)
         except (OSError, ValueError, SyntaxError) as exc:
             raise SourceError(field, f"could not be decoded: {exc}") from None
 
