@@ -15,12 +15,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageChops
 
-from compositor.models import ModelSpec, get_spec, verified_path
 from compositor.timings import StageTimings
+
+if TYPE_CHECKING:
+    from compositor.models import ModelSpec
 
 # onnxruntime phones home from a background thread unless this is set before
 # it is imported; an offline tool must never do that.
@@ -118,6 +121,9 @@ def get_remover(options: RemovalOptions) -> BackgroundRemover:
     with _sessions_lock:
         remover = _sessions.get(key)
         if remover is None:
+            # Imported here: a render without removeBg never needs the model registry.
+            from compositor.models import get_spec, verified_path
+
             spec = get_spec(options.model)
             remover = BackgroundRemover(spec, verified_path(options.model, options.model_home), options.device)
             _sessions[key] = remover
