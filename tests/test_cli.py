@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -111,11 +112,38 @@ def test_validate_in_text_lists_errors_and_warnings(request_dir: Path, capsys: p
     assert "invalid (1003)" in out and "error   overlay_origin_x" in out and "warning extra" in out
 
 
+def console_script() -> str:
+    return shutil.which("compositor") or str(Path(sys.executable).parent / "compositor")
+
+
+def buffered_env() -> dict[str, str]:
+    """The environment with Python's usual block-buffered pipes, so a test
+    sees what a process that skips its tear-down would lose."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
 def test_render_reads_the_body_from_stdin_and_writes_to_stdout(request_dir: Path) -> None:
-    exe = shutil.which("compositor") or str(Path(sys.executable).parent / "compositor")
     body = json.dumps(minimal_body(origin_img=str(request_dir / "fg.png")))
-    done = subprocess.run([exe, "render", "-", "-o", "-"], input=body.encode(), capture_output=True, check=True)
-    assert done.stdout.startswith(b"\x89PNG")
+    done = subprocess.run(
+        [console_script(), "render", "-", "-o", "-"],
+        input=body.encode(),
+        capture_output=True,
+        check=True,
+        env=buffered_env(),
+    )
+    # The console script ends without the interpreter's tear-down: all of the
+    # PNG must still have been flushed.
+    assert done.stdout.endswith(b"IEND\xaeB`\x82")
+    assert Image.open(io.BytesIO(done.stdout)).size == (64, 48)
+
+
+def test_console_script_flushes_its_report_and_keeps_the_exit_code(request_dir: Path) -> None:
+    (request_dir / "bad.json").write_text(json.dumps(minimal_body(canvas_size="0x0")))
+    done = subprocess.run(
+        [console_script(), "validate", str(request_dir / "bad.json")], capture_output=True, env=buffered_env()
+    )
+    assert done.returncode == 1
+    assert done.stdout.decode().startswith("invalid (1003)") and "canvas_size" in done.stdout.decode()
 
 
 def test_stdin_without_an_output_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
