@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,55 +55,68 @@ def render_array(
     timings = timings if timings is not None else StageTimings()
     request = body if isinstance(body, CompositeRequest) else parse_request(body, limits=options.limits)
 
-    # Two threads: Pillow releases the GIL while it decodes and resamples, so
-    # the template and the foreground proceed on both cores.
+    # Two threads: Pillow releases the GIL while it decodes and resamples.
+    # The foreground (the slower source, and removeBg's input) is prepared on
+    # one while this thread decodes the template and hands its strips to the
+    # other, so resizing starts before the last decode ends.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        with timings.stage("decode"):
-            foreground_job = pool.submit(load_image, request.foreground.source, "origin_img", options.sources)
-            template = (
-                load_image(request.template.source, "template_url", options.sources) if request.template else None
-            )
-            foreground = foreground_job.result()
-
-        if request.remove_bg:
-            with timings.stage("remove_bg"):
-                foreground = remove_background(foreground, options.removal)
-
-        layers = []
-        if template is not None and request.template is not None:
-            layers.append((template, _placement(request.canvas, request.template, template)))
-        layers.append((foreground, _placement(request.canvas, request.foreground, foreground)))
-        del template, foreground  # the sources die with their last strip
-
+        foreground_job = pool.submit(_prepared_foreground, request, options, timings)
+        strips = _StripPlacer(pool, timings)
+        if request.template is not None:
+            with timings.stage("decode"):
+                template = load_image(request.template.source, "template_url", options.sources)
+            strips.submit(template, _placement(request.canvas, request.template, template))
+            del template  # the source dies with its last strip
         with timings.stage("canvas"):
             canvas = new_canvas(request.canvas, request.color)
-
-        # Strips of each visible layer are resized on both cores and placed
-        # in order as they arrive: the layers stay in order, blending overlaps
-        # resizing, and no full-size resized layer ever exists.
-        strips = [
-            (image, strip)
-            for image, placement in layers
-            if placement is not None
-            for strip in split_rows(placement, _STRIP_ROWS)
-        ]
-        del layers
-        started = time.perf_counter()
-        blending = 0.0
-        pending = deque((pool.submit(resize_visible, image, strip), strip) for image, strip in strips)
-        del strips
-        while pending:
-            job, strip = pending.popleft()
-            region = job.result()
-            start = time.perf_counter()
-            place(canvas, region, strip)
-            blending += time.perf_counter() - start
-            del job, region
-        timings.seconds["resize"] = time.perf_counter() - started - blending
-        timings.seconds["blend"] = blending
+        while strips.pending and not foreground_job.done():
+            wait([strips.pending[0][0], foreground_job], return_when=FIRST_COMPLETED)
+            if strips.pending[0][0].done():
+                strips.place_next(canvas)
+        foreground = foreground_job.result()
+        strips.submit(foreground, _placement(request.canvas, request.foreground, foreground))
+        del foreground
+        while strips.pending:
+            strips.place_next(canvas)
 
     with timings.stage("finish"):
         return unpremultiply(canvas, opaque=request.color is not None)
+
+
+def _prepared_foreground(request: CompositeRequest, options: RenderOptions, timings: StageTimings) -> Image.Image:
+    with timings.stage("decode"):
+        foreground = load_image(request.foreground.source, "origin_img", options.sources)
+    if request.remove_bg:
+        with timings.stage("remove_bg"):
+            foreground = remove_background(foreground, options.removal)
+    return foreground
+
+
+class _StripPlacer:
+    """Strips of the visible layers, resized on the pool and placed on the
+    canvas in the order they were submitted: the layers stay in order,
+    placing overlaps resizing, and no full-size resized layer ever exists."""
+
+    def __init__(self, pool: Executor, timings: StageTimings) -> None:
+        self._pool = pool
+        self._timings = timings
+        self.pending: deque[tuple[Future[Image.Image], Placement]] = deque()
+
+    def submit(self, image: Image.Image, placement: Placement | None) -> None:
+        if placement is None:
+            return
+        for strip in split_rows(placement, _STRIP_ROWS):
+            self.pending.append((self._pool.submit(self._resize, image, strip), strip))
+
+    def place_next(self, canvas: np.ndarray) -> None:
+        job, strip = self.pending.popleft()
+        region = job.result()
+        with self._timings.stage("blend"):
+            place(canvas, region, strip)
+
+    def _resize(self, image: Image.Image, strip: Placement) -> Image.Image:
+        with self._timings.stage("resize"):
+            return resize_visible(image, strip)
 
 
 def _placement(canvas: Size, layer: Layer, image: Image.Image) -> Placement | None:

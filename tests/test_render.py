@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,40 @@ def test_stage_timings_are_recorded(tmp_path: Path) -> None:
     timings = StageTimings()
     render(minimal_body(), options=RenderOptions(sources=SourcePolicy(base_dir=tmp_path)), timings=timings)
     assert set(timings.seconds) == {"decode", "canvas", "resize", "blend", "finish"}
+
+
+def test_an_unreadable_template_names_its_field(tmp_path: Path) -> None:
+    Image.new("RGB", (4, 4)).save(tmp_path / "fg.png")
+    (tmp_path / "t.png").write_text("not an image")
+    body = minimal_body(template_url="t.png", modify_template_size="64x48", overlay_template_x=0, overlay_template_y=0)
+    with pytest.raises(SourceError) as caught:
+        render(body, options=RenderOptions(sources=SourcePolicy(base_dir=tmp_path)))
+    assert caught.value.field == "template_url"
+
+
+def test_the_template_is_placed_while_the_foreground_is_still_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import compositor.engine as engine
+
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "fg.png")
+    Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "t.png")
+    template_placed = threading.Event()
+    real_load, real_place = engine.load_image, engine.place
+
+    def load_image(ref: str, field: str, policy: SourcePolicy) -> Image.Image:
+        # The foreground becomes ready only once the template is on the canvas.
+        if field == "origin_img":
+            assert template_placed.wait(timeout=10), "the template waited for the foreground"
+        return real_load(ref, field, policy)
+
+    def place(canvas: np.ndarray, region: Image.Image, strip: object) -> None:
+        real_place(canvas, region, strip)  # type: ignore[arg-type]
+        if region.getpixel((0, 0)) == (0, 0, 255):
+            template_placed.set()
+
+    monkeypatch.setattr(engine, "load_image", load_image)
+    monkeypatch.setattr(engine, "place", place)
+    body = minimal_body(template_url="t.png", modify_template_size="64x48", overlay_template_x=0, overlay_template_y=0)
+    image = render(body, options=RenderOptions(sources=SourcePolicy(base_dir=tmp_path)))
+    assert image.getpixel((10, 10)) == (255, 0, 0, 255) and image.getpixel((40, 40)) == (0, 0, 255, 255)
