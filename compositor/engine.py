@@ -18,7 +18,7 @@ from compositor.timings import StageTimings
 
 # Rows per strip: enough strips to keep both cores busy, each large enough
 # that the Lanczos margin re-read at its edges costs little.
-_STRIP_ROWS = 384
+STRIP_ROWS = 384
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class _StripPlacer:
     def submit(self, image: Image.Image, placement: Placement | None) -> None:
         if placement is None:
             return
-        for strip in split_rows(placement, _STRIP_ROWS):
+        for strip in split_rows(placement, STRIP_ROWS):
             self.pending.append((self._pool.submit(self._resize, image, strip), strip))
 
     def place_next(self, canvas: np.ndarray) -> None:
