@@ -221,6 +221,7 @@ def _render(args: argparse.Namespace) -> int:
     from compositor.encode import EncodeOptions, encode, format_for_path
     from compositor.engine import RenderOptions, render_array
     from compositor.errors import CompositorError, InvalidRequestError
+    from compositor.heap import release_free_heap, use_one_malloc_arena
     from compositor.removebg import RemovalOptions
     from compositor.sources import SourcePolicy
     from compositor.timings import StageTimings
@@ -253,8 +254,10 @@ def _render(args: argparse.Namespace) -> int:
 
     timings = StageTimings()
     started = time.perf_counter()
+    use_one_malloc_arena()
     try:
         image = render_array(body, options=options, timings=timings)
+        release_free_heap()
         with timings.stage("encode"):
             data = encode(image, encoding)
         with timings.stage("write"):

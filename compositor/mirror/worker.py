@@ -16,10 +16,15 @@ def render_to_file(body: dict[str, Any], result_path: str, policy: dict[str, Any
     from compositor import CompositorError, RenderOptions, SourcePolicy
     from compositor.encode import encode
     from compositor.engine import render_array
+    from compositor.heap import release_free_heap, use_one_malloc_arena
 
+    use_one_malloc_arena()
     options = RenderOptions(sources=SourcePolicy(**policy))
     try:
-        data = encode(render_array(body, options=options))
+        image = render_array(body, options=options)
+        release_free_heap()
+        data = encode(image)
+        del image
     except CompositorError as exc:
         return str(exc)
     write_atomically(Path(result_path), data)
