@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 
-def write_atomically(target: Path, data: bytes) -> None:
-    """Write to a temporary file beside `target`, then rename it over: a failed
+@contextmanager
+def atomic_file(target: Path) -> Iterator[IO[bytes]]:
+    """A file to write that becomes `target` only if the block ends without
+    an error: it is written beside `target` and renamed over it, so a failed
     write never leaves half a file, nor damages one that was there. The file
     gets the usual umask-based mode (NamedTemporaryFile alone makes 0600)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
-        partial.write(data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(partial.name, 0o666 & ~umask)
-    os.replace(partial.name, target)
+    partial_name = ""
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
+            partial_name = partial.name
+            yield partial
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial_name, 0o666 & ~umask)
+        os.replace(partial_name, target)
+    except BaseException:
+        if partial_name:
+            Path(partial_name).unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write `data` as `target`, atomically (see `atomic_file`)."""
+    with atomic_file(target) as sink:
+        sink.write(data)
