@@ -88,6 +88,12 @@ def _build_parser() -> argparse.ArgumentParser:
     render.add_argument("--png-level", type=int, metavar="0-9", help="zlib level; default: the fast fpng encoder")
     render.add_argument("--quality", type=int, default=90, help="WebP/JPEG quality (default 90)")
     render.add_argument("--timings", action="store_true", help="print the seconds spent in each stage to stderr")
+    render.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="render band by band into a streamed PNG (zlib level --png-level, default 1): "
+        "memory grows with the canvas width, not its area",
+    )
     _add_model_arguments(render)
     _add_limit_arguments(render)
     render.set_defaults(handler=_render)
@@ -223,6 +229,7 @@ def _render(args: argparse.Namespace) -> int:
     from compositor.errors import CompositorError, InvalidRequestError
     from compositor.heap import release_free_heap, use_one_malloc_arena
     from compositor.removebg import RemovalOptions
+    from compositor.request import parse_request
     from compositor.sources import SourcePolicy
     from compositor.timings import StageTimings
 
@@ -248,6 +255,8 @@ def _render(args: argparse.Namespace) -> int:
             sources=replace(SourcePolicy(), base_dir=base),
             removal=RemovalOptions(model=args.model, device=args.device, model_home=args.model_home),
         )
+        if args.low_memory and encoding.format != "png":
+            raise ValueError(f"--low-memory writes PNG only, not {encoding.format}")
     except ValueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -256,12 +265,15 @@ def _render(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     use_one_malloc_arena()
     try:
-        image = render_array(body, options=options, timings=timings)
-        release_free_heap()
-        with timings.stage("encode"):
-            data = encode(image, encoding)
-        with timings.stage("write"):
-            _write(output, data)
+        if args.low_memory:
+            _render_in_bands(parse_request(body, limits=options.limits), options, output, args.png_level, timings)
+        else:
+            image = render_array(body, options=options, timings=timings)
+            release_free_heap()
+            with timings.stage("encode"):
+                data = encode(image, encoding)
+            with timings.stage("write"):
+                _write(output, data)
     except InvalidRequestError as exc:
         print(json.dumps(exc.report.envelope()))
         return EXIT_INVALID
@@ -276,6 +288,25 @@ def _render(args: argparse.Namespace) -> int:
         # Stages overlap (a layer resizes while another decodes): the wall time is not their sum.
         print(f"timings: {stages} wall={time.perf_counter() - started:.3f}s", file=sys.stderr)
     return EXIT_OK
+
+
+def _render_in_bands(request: Any, options: Any, output: str, level: int | None, timings: Any) -> None:
+    """Each band is blended, encoded and written before the next: the body is
+    checked and the sources decoded first, so a bad one fails before any
+    output is opened."""
+    from compositor.encode import write_png_bands
+    from compositor.engine import render_bands
+    from compositor.files import atomic_file
+
+    bands = render_bands(request, options=options, timings=timings)
+    size = request.canvas
+    level = 1 if level is None else level
+    if output == "-":
+        write_png_bands(bands, size.width, size.height, sys.stdout.buffer, level=level, timings=timings)
+        sys.stdout.buffer.flush()
+        return
+    with atomic_file(Path(output)) as sink:
+        write_png_bands(bands, size.width, size.height, sink, level=level, timings=timings)
 
 
 def _write(output: str, data: bytes) -> None:

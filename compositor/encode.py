@@ -10,12 +10,20 @@ for smaller files at the cost of time.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image
 
+from compositor.timings import StageTimings
+
 FORMATS = ("png", "webp", "jpeg")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_FILTER_NONE, _FILTER_UP = 0, 2
 _EXTENSIONS = {".png": "png", ".webp": "webp", ".jpg": "jpeg", ".jpeg": "jpeg"}
 
 
@@ -66,3 +74,61 @@ def encode(image: Image.Image | np.ndarray, options: EncodeOptions | None = None
         flat.paste(image, mask=image.getchannel("A"))
         flat.save(buffer, "JPEG", quality=options.quality)
     return buffer.getvalue()
+
+
+def write_png_bands(
+    bands: Iterable[np.ndarray],
+    width: int,
+    height: int,
+    sink: IO[bytes],
+    *,
+    level: int = 1,
+    timings: StageTimings | None = None,
+) -> None:
+    """Write (rows, width, 4) uint8 bands of straight RGBA, top to bottom, to
+    `sink` as one PNG, one band at a time, so the image never exists whole.
+
+    No PNG library here writes rows as they come with a row filter (Pillow
+    and fpng want the whole image; pypng filters no row, which makes files
+    larger), and the format is a few chunks around one zlib stream. Every row
+    but the first is Up-filtered, as fpng does; `level` is zlib's. `timings`
+    gets the filtering, compressing and writing as "encode"."""
+    if not 0 <= level <= 9:
+        raise ValueError(f"png level must be 0-9, got {level}")
+    timings = timings if timings is not None else StageTimings()
+    sink.write(_PNG_SIGNATURE)
+    _write_chunk(sink, b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+    stream = zlib.compressobj(level)
+    above: np.ndarray | None = None  # the last row written, which the next band's first row is filtered against
+    written = 0
+    for band in bands:
+        if band.dtype != np.uint8 or band.ndim != 3 or band.shape[1:] != (width, 4):
+            raise ValueError(f"a band must be (rows, {width}, 4) uint8, got {band.shape} {band.dtype}")
+        written += band.shape[0]
+        if written > height:
+            raise ValueError(f"the bands hold more than {height} rows")
+        with timings.stage("encode"):
+            rows = band.reshape(band.shape[0], width * 4)
+            filtered = np.empty((rows.shape[0], 1 + width * 4), np.uint8)
+            filtered[:, 0] = _FILTER_UP
+            np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 wraps around, as PNG's filters do
+            if above is None:
+                filtered[0, 0] = _FILTER_NONE
+                filtered[0, 1:] = rows[0]
+            else:
+                np.subtract(rows[0], above, out=filtered[0, 1:])
+            above = rows[-1].copy()
+            compressed = stream.compress(filtered.data)
+            if compressed:
+                _write_chunk(sink, b"IDAT", compressed)
+    if written != height:
+        raise ValueError(f"the bands hold {written} rows, not {height}")
+    with timings.stage("encode"):
+        _write_chunk(sink, b"IDAT", stream.flush())
+        _write_chunk(sink, b"IEND", b"")
+
+
+def _write_chunk(sink: IO[bytes], kind: bytes, data: bytes) -> None:
+    sink.write(struct.pack(">I", len(data)) + kind)
+    sink.write(data)
+    sink.write(struct.pack(">I", zlib.crc32(data, zlib.crc32(kind))))

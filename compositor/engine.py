@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from compositor.geometry import Placement, Size, clip_to_canvas, split_rows
+from compositor.geometry import Placement, Size, clip_rows, clip_to_canvas, split_rows
 from compositor.raster import new_canvas, place, resize_visible, unpremultiply
 from compositor.removebg import RemovalOptions, remove_background
 from compositor.request import CompositeRequest, Layer, Limits, parse_request
@@ -19,6 +21,10 @@ from compositor.timings import StageTimings
 # Rows per strip: enough strips to keep both cores busy, each large enough
 # that the Lanczos margin re-read at its edges costs little.
 STRIP_ROWS = 384
+
+# Bands a banded render resizes ahead of the one it is blending: enough to
+# keep both cores busy, few enough that memory stays a few bands' worth.
+_BANDS_AHEAD = 2
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,70 @@ def render_array(
 
     with timings.stage("finish"):
         return unpremultiply(canvas, opaque=request.color is not None)
+
+
+def render_bands(
+    body: object,
+    *,
+    options: RenderOptions | None = None,
+    timings: StageTimings | None = None,
+) -> Iterator[np.ndarray]:
+    """As `render_array`, a band of `STRIP_ROWS` rows at a time, top to bottom:
+    each a (rows, width, 4) uint8 array of straight RGBA, the same pixels as
+    those rows of `render_array`'s, valid until the next band is asked for.
+
+    No full-size canvas ever exists, so memory grows with the sources and the
+    canvas width, not with its area. The body is parsed and the sources are
+    decoded before this returns: every error is raised here, before the
+    first band."""
+    options = options or RenderOptions()
+    timings = timings if timings is not None else StageTimings()
+    request = body if isinstance(body, CompositeRequest) else parse_request(body, limits=options.limits)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        foreground_job = pool.submit(_prepared_foreground, request, options, timings)
+        layers: list[tuple[Image.Image, Placement | None]] = []
+        if request.template is not None:
+            with timings.stage("decode"):
+                template = load_image(request.template.source, "template_url", options.sources)
+            layers.append((template, _placement(request.canvas, request.template, template)))
+        foreground = foreground_job.result()
+    layers.append((foreground, _placement(request.canvas, request.foreground, foreground)))
+    visible = [(image, placement) for image, placement in layers if placement is not None]
+    return _bands(request, visible, timings)
+
+
+def _bands(
+    request: CompositeRequest, layers: list[tuple[Image.Image, Placement]], timings: StageTimings
+) -> Iterator[np.ndarray]:
+    width, height = request.canvas.width, request.canvas.height
+
+    def resized(top: int) -> list[tuple[Image.Image, Placement]]:
+        regions = []
+        with timings.stage("resize"):
+            for image, placement in layers:
+                strip = clip_rows(placement, top, top + STRIP_ROWS)
+                if strip is not None:
+                    regions.append((resize_visible(image, strip), strip))
+        return regions
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        tops = iter(range(0, height, STRIP_ROWS))
+        pending = deque((top, pool.submit(resized, top)) for top in itertools.islice(tops, 1 + _BANDS_AHEAD))
+        while pending:
+            top, job = pending.popleft()
+            regions = job.result()
+            for following in itertools.islice(tops, 1):
+                pending.append((following, pool.submit(resized, following)))
+            rows = min(STRIP_ROWS, height - top)
+            with timings.stage("canvas"):
+                band = new_canvas(Size(width, rows), request.color)
+            with timings.stage("blend"):
+                for region, strip in regions:
+                    place(band, region, strip, top)
+            del regions
+            with timings.stage("finish"):
+                band = unpremultiply(band, opaque=request.color is not None)
+            yield band
 
 
 def _prepared_foreground(request: CompositeRequest, options: RenderOptions, timings: StageTimings) -> Image.Image:

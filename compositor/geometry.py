@@ -97,21 +97,27 @@ def clip_to_canvas(canvas: Size, layer: Size, x: int, y: int) -> Placement | Non
     )
 
 
-def split_rows(placement: Placement, rows: int) -> list[Placement]:
-    """The placement cut into horizontal strips of at most `rows` rows, each
-    still a placement of the same scaled layer."""
-    strips = []
+def clip_rows(placement: Placement, top: int, bottom: int) -> Placement | None:
+    """The part of a placement that lands on canvas rows [top, bottom), still a
+    placement of the same scaled layer; None if it has none there."""
     c, layer = placement.canvas, placement.layer
-    for top in range(0, c.height, rows):
-        bottom = min(top + rows, c.height)
-        strips.append(
-            Placement(
-                canvas=Rect(c.x0, c.y0 + top, c.x1, c.y0 + bottom),
-                layer=Rect(layer.x0, layer.y0 + top, layer.x1, layer.y0 + bottom),
-                layer_size=placement.layer_size,
-            )
-        )
-    return strips
+    y0, y1 = max(c.y0, top), min(c.y1, bottom)
+    if y0 >= y1:
+        return None
+    return Placement(
+        canvas=Rect(c.x0, y0, c.x1, y1),
+        layer=Rect(layer.x0, layer.y0 + y0 - c.y0, layer.x1, layer.y0 + y1 - c.y0),
+        layer_size=placement.layer_size,
+    )
+
+
+def split_rows(placement: Placement, rows: int) -> list[Placement]:
+    """The placement cut at the canvas rows that are multiples of `rows`: the
+    same cuts whatever the layer, so a render band by band (whose bands are
+    those rows) resamples exactly the same strips."""
+    first = placement.canvas.y0 // rows * rows
+    strips = (clip_rows(placement, top, top + rows) for top in range(first, placement.canvas.y1, rows))
+    return [strip for strip in strips if strip is not None]
 
 
 def source_box(placement: Placement, source: Size) -> tuple[float, float, float, float]:

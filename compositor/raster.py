@@ -63,11 +63,12 @@ def resize_visible(image: Image.Image, placement: Placement) -> Image.Image:
     )
 
 
-def place(canvas: np.ndarray, region: Image.Image, placement: Placement) -> None:
+def place(canvas: np.ndarray, region: Image.Image, placement: Placement, top: int = 0) -> None:
     """Composite a resized region (a strip of a layer, in the engine) onto the
-    canvas at its placement: opaque regions are copied, others blended."""
+    canvas at its placement: opaque regions are copied, others blended.
+    `canvas` may be a band of the canvas: its first row is canvas row `top`."""
     r = placement.canvas
-    target = canvas[r.y0 : r.y1, r.x0 : r.x1]
+    target = canvas[r.y0 - top : r.y1 - top, r.x0 : r.x1]
     pixels = np.asarray(region)
     if region.mode == "RGB":
         cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA, dst=target)
