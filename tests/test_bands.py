@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +78,22 @@ def test_streamed_bands_decode_to_exactly_those_pixels() -> None:
     assert np.array_equal(np.asarray(image), np.concatenate(bands))
 
 
+def test_the_compressed_rows_are_one_zlib_stream_with_its_checksum() -> None:
+    # Bands are deflated apart, on two threads; joined, they must still be
+    # one stream whose Adler-32 a strict inflater accepts.
+    rng = np.random.default_rng(11)
+    bands = [rng.integers(0, 256, (rows, 9, 4), np.uint8) for rows in (4, 4, 4, 2)]
+    data = png_of(bands, 9, 14, level=6)
+    chunks, offset = [], 8
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        chunks.append((data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]))
+        offset += 12 + length
+    assert [kind for kind, _ in chunks][:2] == [b"IHDR", b"IDAT"] and chunks[-1][0] == b"IEND"
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    assert len(raw) == 14 * (1 + 9 * 4)
+
+
 def test_rows_are_filtered_so_that_rows_alike_compress() -> None:
     # Each row is the one above plus 1: no two rows repeat, but every
     # Up-filtered row is the same run of ones.
@@ -85,8 +103,6 @@ def test_rows_are_filtered_so_that_rows_alike_compress() -> None:
 
 
 def zlib_size_of_rows(pixels: np.ndarray) -> int:
-    import zlib
-
     rows = np.concatenate([np.zeros((pixels.shape[0], 1), np.uint8), pixels.reshape(pixels.shape[0], -1)], axis=1)
     return len(zlib.compress(rows.tobytes(), 1))
 
