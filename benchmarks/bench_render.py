@@ -117,6 +117,10 @@ def contenders() -> list[Contender]:
             "compositor CLI", lambda b, o: run_process([str(BIN / "compositor"), "render", str(b), "-o", str(o)])
         ),
         Contender(
+            "compositor --low-memory",
+            lambda b, o: run_process([str(BIN / "compositor"), "render", str(b), "-o", str(o), "--low-memory"]),
+        ),
+        Contender(
             "pyvips defaults", lambda b, o: run_process([python, str(peers / "vips_composite.py"), str(b), str(o)])
         ),
         Contender(
@@ -382,8 +386,13 @@ def main() -> int:
     )
 
     sides = [512, 1024, 2048, 4096] if args.quick else [512, 1024, 2048, 4096, 8192]
-    sweepers = [c for c in fast if c.name in ("compositor (in-process)", "compositor CLI", "pyvips defaults")]
-    print(f"{'sweep':10} " + " ".join(f"{c.name:>24}" for c in sweepers) + f" {'our peak MB':>12}")
+    swept = ("compositor (in-process)", "compositor CLI", "compositor --low-memory", "pyvips defaults")
+    sweepers = [c for c in fast if c.name in swept]
+    print(
+        f"{'sweep':10} "
+        + " ".join(f"{c.name:>24}" for c in sweepers)
+        + f" {'CLI peak MB':>12} {'--low-memory':>12} {'pyvips':>7}"
+    )
     for side in sides:
         measured = measure_case(f"sweep {side}", scaled_example_3(inputs, side), sweepers, args.repeat, work)
         results["sweep"].append(
@@ -396,7 +405,10 @@ def main() -> int:
         print(
             f"{side:>4}x{side:<5} "
             + " ".join(f"{measured[c.name].median:24.3f}" for c in sweepers)
-            + f" {measured['compositor CLI'].peak_kib / 1024:12.0f}"
+            + " ".join(
+                f" {measured[name].peak_kib / 1024:{width}.0f}"
+                for name, width in (("compositor CLI", 12), ("compositor --low-memory", 11), ("pyvips defaults", 6))
+            )
         )
 
     doc3 = results["cases"]["doc 3-template-and-color"]
@@ -418,6 +430,13 @@ def main() -> int:
     for measure, value, goal in goals:
         print(f"  {measure:42} {value:8.3f}   goal <= {goal:<6} {'met' if value <= goal else 'MISSED'}")
     print(f"  (sweep: {first['side']}^2 .. {last['side']}^2, no step ran out of memory)")
+    banded, largest = doc3["compositor --low-memory"], last["contenders"]
+    print(
+        f"  stretch, band by band (--low-memory): doc 3 peak {banded['peak_mb']:.0f} MB in {banded['median_s']:.2f} s "
+        f"(pyvips {doc3['pyvips defaults']['peak_mb']:.0f} MB); {last['side']}^2 peak "
+        f"{largest['compositor --low-memory']['peak_mb']:.0f} MB (whole canvas: "
+        f"{largest['compositor CLI']['peak_mb']:.0f} MB, pyvips {largest['pyvips defaults']['peak_mb']:.0f} MB)"
+    )
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "render.json").write_text(json.dumps(results, indent=2))
