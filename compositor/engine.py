@@ -69,8 +69,7 @@ def render_array(
         foreground_job = pool.submit(_prepared_foreground, request, options, timings)
         strips = _StripPlacer(pool, timings)
         if request.template is not None:
-            with timings.stage("decode"):
-                template = load_image(request.template.source, "template_url", options.sources)
+            template = _decoded_template(request.template, options, timings)
             strips.submit(template, _placement(request.canvas, request.template, template))
             del template  # the source dies with its last strip
         with timings.stage("canvas"):
@@ -110,8 +109,7 @@ def render_bands(
         foreground_job = pool.submit(_prepared_foreground, request, options, timings)
         layers: list[tuple[Image.Image, Placement | None]] = []
         if request.template is not None:
-            with timings.stage("decode"):
-                template = load_image(request.template.source, "template_url", options.sources)
+            template = _decoded_template(request.template, options, timings)
             layers.append((template, _placement(request.canvas, request.template, template)))
         foreground = foreground_job.result()
     layers.append((foreground, _placement(request.canvas, request.foreground, foreground)))
@@ -139,7 +137,8 @@ def _bands(
         while pending:
             top, job = pending.popleft()
             regions = job.result()
-            for following in itertools.islice(tops, 1):
+            following = next(tops, None)
+            if following is not None:
                 pending.append((following, pool.submit(resized, following)))
             rows = min(STRIP_ROWS, height - top)
             with timings.stage("canvas"):
@@ -151,6 +150,11 @@ def _bands(
             with timings.stage("finish"):
                 band = unpremultiply(band, opaque=request.color is not None)
             yield band
+
+
+def _decoded_template(template: Layer, options: RenderOptions, timings: StageTimings) -> Image.Image:
+    with timings.stage("decode"):
+        return load_image(template.source, "template_url", options.sources)
 
 
 def _prepared_foreground(request: CompositeRequest, options: RenderOptions, timings: StageTimings) -> Image.Image:
