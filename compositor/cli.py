@@ -13,9 +13,15 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from compositor.engine import RenderOptions
+    from compositor.request import CompositeRequest
+    from compositor.timings import StageTimings
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -290,35 +296,39 @@ def _render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _render_in_bands(request: Any, options: Any, output: str, level: int | None, timings: Any) -> None:
+def _render_in_bands(
+    request: CompositeRequest, options: RenderOptions, output: str, level: int | None, timings: StageTimings
+) -> None:
     """Each band is blended, encoded and written before the next: the body is
     checked and the sources decoded first, so a bad one fails before any
     output is opened."""
     from compositor.encode import write_png_bands
     from compositor.engine import render_bands
-    from compositor.files import atomic_file
 
     bands = render_bands(request, options=options, timings=timings)
     size = request.canvas
-    level = 1 if level is None else level
-    if output == "-":
-        write_png_bands(bands, size.width, size.height, sys.stdout.buffer, level=level, timings=timings)
-        sys.stdout.buffer.flush()
-        return
-    with atomic_file(Path(output)) as sink:
-        write_png_bands(bands, size.width, size.height, sink, level=level, timings=timings)
+    with _opened_output(output) as sink:
+        write_png_bands(bands, size.width, size.height, sink, level=1 if level is None else level, timings=timings)
 
 
 def _write(output: str, data: bytes) -> None:
-    """Write atomically: a failed render never leaves half a file behind, and
-    never damages a file that was already there."""
+    with _opened_output(output) as sink:
+        sink.write(data)
+
+
+@contextlib.contextmanager
+def _opened_output(output: str) -> Iterator[IO[bytes]]:
+    """Standard output for "-"; else the file, written atomically: a failed
+    render never leaves half a file behind, and never damages a file that
+    was already there."""
     if output == "-":
-        sys.stdout.buffer.write(data)
+        yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    from compositor.files import write_atomically
+    from compositor.files import atomic_file
 
-    write_atomically(Path(output), data)
+    with atomic_file(Path(output)) as sink:
+        yield sink
 
 
 def _serve(args: argparse.Namespace) -> int:
