@@ -123,8 +123,9 @@ def write_png_bands(
             if written > height:
                 raise ValueError(f"the bands hold more than {height} rows")
             with timings.stage("encode"):
-                filtered = _up_filtered(band.reshape(band.shape[0], width * 4), above)
-                above = band[-1].reshape(width * 4).copy()
+                rows = band.reshape(band.shape[0], width * 4)
+                filtered = _up_filtered(rows, above)
+                above = rows[-1].copy()
                 checksum = zlib.adler32(filtered.data, checksum)
             segments.append(pool.submit(_deflate_segment, filtered, level, timings))
             while len(segments) > _DEFLATE_THREADS or (segments and segments[0].done()):

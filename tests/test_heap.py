@@ -14,9 +14,9 @@ from compositor import heap
 pytestmark = pytest.mark.skipif(heap._glibc() is None, reason="glibc's malloc only")
 
 
-def run_python(script: str) -> str:
+def run_python(script: str, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True, check=True, timeout=60
     )
     return done.stdout + done.stderr
 
@@ -42,11 +42,9 @@ def test_threads_get_arenas_of_their_own_by_default() -> None:
 
 
 def test_one_malloc_arena_is_shared_by_every_thread() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(THREADS_THAT_MALLOC), "one"], capture_output=True, text=True, check=True
-    )
-    assert "Arena 0:" in done.stderr
-    assert "Arena 1:" not in done.stderr
+    report = run_python(THREADS_THAT_MALLOC, "one")
+    assert "Arena 0:" in report
+    assert "Arena 1:" not in report
 
 
 def test_release_free_heap_hands_freed_pages_back() -> None:
