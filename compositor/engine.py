@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from compositor.budget import MemoryBudget, canvas_bytes
 from compositor.geometry import Placement, Size, clip_rows, clip_to_canvas, split_rows
 from compositor.raster import new_canvas, place, resize_visible, unpremultiply
 from compositor.removebg import RemovalOptions, remove_background
@@ -32,6 +33,16 @@ class RenderOptions:
     limits: Limits = field(default_factory=Limits)
     sources: SourcePolicy = field(default_factory=SourcePolicy)
     removal: RemovalOptions = field(default_factory=RemovalOptions)
+    # Bytes one render may hold (see `compositor.budget`); None: no limit.
+    memory_budget: int | None = None
+
+    def new_budget(self, canvas: Size) -> MemoryBudget | None:
+        """A fresh budget for one render, the canvas already reserved."""
+        if self.memory_budget is None:
+            return None
+        budget = MemoryBudget(self.memory_budget)
+        budget.reserve(canvas_bytes(canvas.width, canvas.height), "canvas_size")
+        return budget
 
 
 def render(
@@ -60,16 +71,17 @@ def render_array(
     options = options or RenderOptions()
     timings = timings if timings is not None else StageTimings()
     request = body if isinstance(body, CompositeRequest) else parse_request(body, limits=options.limits)
+    budget = options.new_budget(request.canvas)
 
     # Two threads: Pillow releases the GIL while it decodes and resamples.
     # The foreground (the slower source, and removeBg's input) is prepared on
     # one while this thread decodes the template and hands its strips to the
     # other, so resizing starts before the last decode ends.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        foreground_job = pool.submit(_prepared_foreground, request, options, timings)
+        foreground_job = pool.submit(_prepared_foreground, request, options, timings, budget)
         strips = _StripPlacer(pool, timings)
         if request.template is not None:
-            template = _decoded_template(request.template, options, timings)
+            template = _decoded_template(request.template, options, timings, budget)
             strips.submit(template, _placement(request.canvas, request.template, template))
             del template  # the source dies with its last strip
         with timings.stage("canvas"):
@@ -105,11 +117,12 @@ def render_bands(
     options = options or RenderOptions()
     timings = timings if timings is not None else StageTimings()
     request = body if isinstance(body, CompositeRequest) else parse_request(body, limits=options.limits)
+    budget = options.new_budget(request.canvas)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        foreground_job = pool.submit(_prepared_foreground, request, options, timings)
+        foreground_job = pool.submit(_prepared_foreground, request, options, timings, budget)
         layers: list[tuple[Image.Image, Placement | None]] = []
         if request.template is not None:
-            template = _decoded_template(request.template, options, timings)
+            template = _decoded_template(request.template, options, timings, budget)
             layers.append((template, _placement(request.canvas, request.template, template)))
         foreground = foreground_job.result()
     layers.append((foreground, _placement(request.canvas, request.foreground, foreground)))
@@ -152,14 +165,18 @@ def _bands(
             yield band
 
 
-def _decoded_template(template: Layer, options: RenderOptions, timings: StageTimings) -> Image.Image:
+def _decoded_template(
+    template: Layer, options: RenderOptions, timings: StageTimings, budget: MemoryBudget | None
+) -> Image.Image:
     with timings.stage("decode"):
-        return load_image(template.source, "template_url", options.sources)
+        return load_image(template.source, "template_url", options.sources, budget)
 
 
-def _prepared_foreground(request: CompositeRequest, options: RenderOptions, timings: StageTimings) -> Image.Image:
+def _prepared_foreground(
+    request: CompositeRequest, options: RenderOptions, timings: StageTimings, budget: MemoryBudget | None
+) -> Image.Image:
     with timings.stage("decode"):
-        foreground = load_image(request.foreground.source, "origin_img", options.sources)
+        foreground = load_image(request.foreground.source, "origin_img", options.sources, budget)
     if request.remove_bg:
         with timings.stage("remove_bg"):
             foreground = remove_background(foreground, options.removal)

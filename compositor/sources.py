@@ -10,8 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
+import stat
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
@@ -19,6 +23,7 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from compositor.budget import MemoryBudget
 from compositor.errors import SourceError
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # JPEG covers MPO (camera JPEGs)
@@ -36,10 +41,10 @@ class SourcePolicy:
     base_dir: Path | None = None
     allow_http: bool = True
     file_roots: tuple[Path, ...] | None = None
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_bytes: int = 64 * 1024 * 1024
+    deadline_s: float = 30.0  # for a whole download: connect, every read, redirects
+    max_bytes: int = 64 * 1024 * 1024  # of the source as decompressed
     max_pixels: int = 100_000_000
+    allow_private: bool = True  # http(s) to loopback, private and link-local addresses
 
 
 def check_source_reference(ref: str) -> str | None:
@@ -50,10 +55,17 @@ def check_source_reference(ref: str) -> str | None:
     if scheme is None or len(scheme.group(1)) == 1:  # "C:\..." is a path
         return None
     name = scheme.group(1).lower()
+    try:
+        parts = urlsplit(ref)
+        host = parts.hostname
+    except ValueError as exc:  # "[" in the host, a port that is not a number
+        return f"is not a valid URL ({exc})"
+    if "\0" in ref:
+        return "contains a NUL character"
     if name in ("http", "https"):
-        return None if urlsplit(ref).hostname else "is an http(s) URL without a host"
+        return None if host else "is an http(s) URL without a host"
     if name == "file":
-        return None if urlsplit(ref).path else "is a file: URL without a path"
+        return None if parts.path else "is a file: URL without a path"
     return f"has an unsupported scheme {name!r} (use http, https, file, data or a path)"
 
 
@@ -72,11 +84,11 @@ def read_source(ref: str, field: str, policy: SourcePolicy) -> bytes:
     return _read_file(path, field, policy)
 
 
-def load_image(ref: str, field: str, policy: SourcePolicy) -> Image.Image:
-    return decode_image(read_source(ref, field, policy), field, max_pixels=policy.max_pixels)
+def load_image(ref: str, field: str, policy: SourcePolicy, budget: MemoryBudget | None = None) -> Image.Image:
+    return decode_image(read_source(ref, field, policy), field, max_pixels=policy.max_pixels, budget=budget)
 
 
-def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
+def decode_image(data: bytes, field: str, *, max_pixels: int, budget: MemoryBudget | None = None) -> Image.Image:
     """Decode to an oriented RGB or RGBA image (the first frame of an animation)."""
     with warnings.catch_warnings():
         # Our own pixel limit below replaces Pillow's global one.
@@ -87,11 +99,15 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
             raise SourceError(field, "is not an image in a supported format (PNG, JPEG, WebP, GIF)") from None
         except Image.DecompressionBombError as exc:
             raise SourceError(field, f"is a decompression bomb: {exc}") from None
+        except _DECODE_FAILURES as exc:  # a damaged header (or a text chunk bomb) is a bad source
+            raise SourceError(field, f"could not be decoded: {_reason(exc)}") from None
         width, height = image.size
         if width * height > max_pixels:
             raise SourceError(
                 field, f"is a decompression bomb: {width}x{height} exceeds the limit of {max_pixels} pixels"
             )
+        if budget is not None:
+            budget.reserve(decoded_bytes(width, height, image.mode), field)
         try:
             image.seek(0)
             image.load()
@@ -99,8 +115,36 @@ def decode_image(data: bytes, field: str, *, max_pixels: int) -> Image.Image:
             # still return a copy (20 ms for a 2400x2672 photo here).
             ImageOps.exif_transpose(image, in_place=True)
             return to_layer_mode(image)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise SourceError(field, f"could not be decoded: {exc}") from None
+        except _DECODE_FAILURES as exc:
+            raise SourceError(field, f"could not be decoded: {_reason(exc)}") from None
+
+
+# What Pillow's decoders raise for damaged input. MemoryError is not here:
+# that is the machine's problem, not the source's.
+_DECODE_FAILURES = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    struct.error,
+    zlib.error,
+)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return text
+
+
+def decoded_bytes(width: int, height: int, mode: str) -> int:
+    """Memory one source takes while decoded and normalised: its own mode's
+    pixels, the RGBA copy it becomes, and removeBg's or the resizer's
+    working copy of that (the largest of the transient buffers)."""
+    per_pixel = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}.get(mode, 4)
+    return width * height * (per_pixel + 8)
 
 
 def to_layer_mode(image: Image.Image) -> Image.Image:
@@ -119,8 +163,13 @@ def _to_8bit(image: Image.Image) -> np.ndarray:
     values = np.asarray(image)
     if image.mode == "F":
         return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    # 16-bit grey: map 0..65535 onto 0..255 the way a 16-to-8 bit reduction does.
-    return np.clip((values.astype(np.int64) + 128) // 257, 0, 255).astype(np.uint8)
+    # 16-bit grey: map 0..65535 onto 0..255 the way a 16-to-8 bit reduction
+    # does, a band of rows at a time: a 10000x10000 image as int64 would be 800 MB.
+    out = np.empty(values.shape, np.uint8)
+    for top in range(0, values.shape[0], 256):
+        rows = values[top : top + 256].astype(np.uint32)
+        out[top : top + 256] = np.minimum((rows + 128) // 257, 255)
+    return out
 
 
 def _read_data_uri(ref: str, field: str, policy: SourcePolicy) -> bytes:
@@ -140,46 +189,64 @@ def _read_data_uri(ref: str, field: str, policy: SourcePolicy) -> bytes:
 
 
 def _read_file(path: Path, field: str, policy: SourcePolicy) -> bytes:
+    """A regular file's bytes, at most `max_bytes` of them. The size is
+    counted while reading (a device says 0), and nothing that could block
+    (a FIFO) or never end (/dev/zero) is read. Messages name no path: a
+    server's layout is nobody else's business."""
     if not path.is_absolute() and policy.base_dir is not None:
         path = policy.base_dir / path
-    path = path.resolve()
-    if policy.file_roots is not None and not any(path.is_relative_to(root.resolve()) for root in policy.file_roots):
-        raise SourceError(field, f"names a local file ({path}) outside the directories this service may read")
     try:
-        size = path.stat().st_size
-        if size > policy.max_bytes:
-            raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
-        return path.read_bytes()
+        path = path.resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise SourceError(field, "names a local file that cannot be read") from None
+    if policy.file_roots is not None and not any(path.is_relative_to(root.resolve()) for root in policy.file_roots):
+        raise SourceError(field, "names a local file outside the directories this service may read")
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise SourceError(field, f"names a file that does not exist: {path}") from None
+        raise SourceError(field, "names a local file that does not exist") from None
     except IsADirectoryError:
-        raise SourceError(field, f"names a directory, not an image file: {path}") from None
-    except PermissionError:
-        raise SourceError(field, f"names a file that cannot be read: {path}") from None
+        raise SourceError(field, "names a directory, not an image file") from None
+    except (OSError, ValueError):
+        raise SourceError(field, "names a local file that cannot be read") from None
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        if stat.S_ISDIR(mode):
+            raise SourceError(field, "names a directory, not an image file")
+        raise SourceError(field, "names something that is not a regular file (a device or a FIFO)")
+    with os.fdopen(descriptor, "rb") as file:
+        try:
+            data = file.read(policy.max_bytes + 1)
+        except OSError:
+            raise SourceError(field, "names a local file that cannot be read") from None
+    if len(data) > policy.max_bytes:
+        raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
+    return data
 
 
 def _read_http(url: str, field: str, policy: SourcePolicy) -> bytes:
     if not policy.allow_http:
         raise SourceError(field, "is an http(s) URL, which this service does not fetch")
-    import httpx  # imported here: rendering from local files must not pay for it
+    from compositor.outbound import OutboundError, OutboundPolicy, get_bytes  # local files must not pay for httpx
 
-    timeout = httpx.Timeout(policy.read_timeout, connect=policy.connect_timeout)
     try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise SourceError(field, f"could not be fetched: HTTP {response.status_code} from {url}")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > policy.max_bytes:
-                raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
-            chunks = []
-            received = 0
-            for chunk in response.iter_bytes():
-                received += len(chunk)
-                if received > policy.max_bytes:
-                    raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.TimeoutException:
-        raise SourceError(field, f"could not be fetched: timed out ({url})") from None
-    except httpx.HTTPError as exc:
-        raise SourceError(field, f"could not be fetched: {exc} ({url})") from None
+        network = OutboundPolicy(
+            deadline_s=policy.deadline_s, max_bytes=policy.max_bytes, allow_private=policy.allow_private
+        )
+        return get_bytes(url, network)
+    except OutboundError as exc:
+        raise SourceError(field, exc.reason) from None
+
+
+def sniff_type(data: bytes) -> str:
+    """The MIME type an image's first bytes announce."""
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    if data[:3] == b"GIF":
+        return "image/gif"
+    return "application/octet-stream"

@@ -113,11 +113,11 @@ def test_the_template_is_placed_while_the_foreground_is_still_loading(
     template_placed = threading.Event()
     real_load, real_place = engine.load_image, engine.place
 
-    def load_image(ref: str, field: str, policy: SourcePolicy) -> Image.Image:
+    def load_image(ref: str, field: str, policy: SourcePolicy, budget: object = None) -> Image.Image:
         # The foreground becomes ready only once the template is on the canvas.
         if field == "origin_img":
             assert template_placed.wait(timeout=10), "the template waited for the foreground"
-        return real_load(ref, field, policy)
+        return real_load(ref, field, policy, budget)  # type: ignore[arg-type]
 
     def place(canvas: np.ndarray, region: Image.Image, strip: object) -> None:
         real_place(canvas, region, strip)  # type: ignore[arg-type]

@@ -1,0 +1,197 @@
+"""Requests to URLs that somebody else chose: image sources and webhooks.
+
+Three rules hold for every one of them, whatever the peer does:
+- one deadline for the whole exchange (name look-up, connect, every read,
+  redirects), so a peer that drips a byte a second is cut off on time;
+- a byte cap counted on the bytes as they are decompressed, with at most one
+  content-encoding layer, so 3 KB of nested gzip cannot become gigabytes;
+- no loopback, private, link-local or otherwise non-global address unless
+  the policy allows it. The name is resolved once and the connection goes to
+  that address (TLS still checks the name), so DNS rebinding cannot slip a
+  private address in after the check.
+
+Every network failure gets the same words, so the answers cannot be used to
+map which ports of a host are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+_DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
+
+
+class OutboundError(Exception):
+    """The peer could not be used; `reason` is safe to show to whoever named the URL."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class DestinationRefused(OutboundError):
+    """The URL names an address this policy does not reach."""
+
+
+class TooLarge(OutboundError):
+    """The answer is over the byte cap."""
+
+
+@dataclass(frozen=True)
+class OutboundPolicy:
+    deadline_s: float = 30.0
+    max_bytes: int = 64 * 1024 * 1024
+    allow_private: bool = True
+    max_redirects: int = 5
+
+    @property
+    def failure(self) -> str:
+        return f"could not be fetched (the connection failed, or no whole answer came within {self.deadline_s:g} s)"
+
+
+def is_refused_address(address: str) -> bool:
+    """Whether an address is anything but a global unicast one."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+    """The URL rewritten to the one address it will use, with the headers and
+    extensions that keep the name for the Host header and TLS."""
+    if url.scheme not in ("http", "https") or not url.host:
+        raise OutboundError("is not an http(s) URL with a host")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise OutboundError(policy.failure) from None
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        raise OutboundError(policy.failure)
+    if not policy.allow_private and any(is_refused_address(a) for a in addresses):
+        raise DestinationRefused("names a loopback, private or link-local address, which this server does not reach")
+    host_header = url.host if url.port is None else f"{url.host}:{url.port}"
+    if ":" in url.host:
+        host_header = f"[{url.host}]" if url.port is None else f"[{url.host}]:{url.port}"
+    extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
+    return url.copy_with(host=addresses[0]), {"host": host_header}, extensions
+
+
+async def _send(
+    client: httpx.AsyncClient, method: str, url: str, policy: OutboundPolicy, *, follow: bool, **kwargs: Any
+) -> tuple[httpx.Response, httpx.URL]:
+    """The response (streaming, headers read) and the URL that gave it."""
+    target = httpx.URL(url)
+    extra_headers = kwargs.pop("headers", {})
+    for _ in range(policy.max_redirects + 1):
+        pinned, headers, extensions = await _pinned(target, policy)
+        request = client.build_request(
+            method, pinned, headers={**extra_headers, **headers}, extensions=extensions, **kwargs
+        )
+        response = await client.send(request, stream=True)
+        location = response.headers.get("location")
+        if not follow or response.status_code not in _REDIRECTS or not location:
+            return response, target
+        await response.aclose()
+        target = target.join(location)
+        if response.status_code == 303:
+            method, kwargs = "GET", {}
+    raise OutboundError(f"could not be fetched: more than {policy.max_redirects} redirects")
+
+
+async def _read_capped(response: httpx.Response, policy: OutboundPolicy) -> bytes:
+    encodings = [
+        name
+        for name in (part.strip().lower() for part in response.headers.get("content-encoding", "").split(","))
+        if name and name != "identity"
+    ]
+    if len(encodings) > 1:
+        raise OutboundError(f"could not be fetched: more than one content encoding ({', '.join(encodings)})")
+    if encodings and encodings[0] not in _DECODERS:
+        raise OutboundError(f"could not be fetched: unsupported content encoding {encodings[0]!r}")
+    decoder = zlib.decompressobj(_DECODERS[encodings[0]]) if encodings else None
+    too_large = TooLarge(f"is larger than the limit of {policy.max_bytes} bytes")
+    parts: list[bytes] = []
+    size = received = 0
+    async for chunk in response.aiter_raw():
+        received += len(chunk)
+        if received > policy.max_bytes:
+            raise too_large
+        while chunk:
+            if decoder is None:
+                piece, chunk = chunk, b""
+            else:
+                # max_length: never more than one byte past the cap comes out at once.
+                try:
+                    piece = decoder.decompress(chunk, policy.max_bytes - size + 1)
+                except zlib.error:
+                    raise OutboundError("could not be fetched: its compressed body is corrupt") from None
+                chunk = decoder.unconsumed_tail
+            size += len(piece)
+            if size > policy.max_bytes:
+                raise too_large
+            parts.append(piece)
+    return b"".join(parts)
+
+
+def _client() -> httpx.AsyncClient:
+    # No proxies or certificates from the environment: where a request goes is the policy's business.
+    return httpx.AsyncClient(timeout=None, trust_env=False, follow_redirects=False)
+
+
+async def _get(url: str, policy: OutboundPolicy) -> bytes:
+    async with _client() as client:
+        response, _ = await _send(client, "GET", url, policy, follow=True, headers={"accept-encoding": "gzip, deflate"})
+        try:
+            if response.status_code != 200:
+                raise OutboundError(f"could not be fetched: HTTP {response.status_code}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > policy.max_bytes and "content-encoding" not in response.headers:
+                raise TooLarge(f"is larger than the limit of {policy.max_bytes} bytes")
+            return await _read_capped(response, policy)
+        finally:
+            await response.aclose()
+
+
+def get_bytes(url: str, policy: OutboundPolicy) -> bytes:
+    """The body of a GET, decompressed, under the policy's deadline and cap."""
+
+    async def bounded() -> bytes:
+        async with asyncio.timeout(policy.deadline_s):
+            return await _get(url, policy)
+
+    try:
+        return asyncio.run(bounded())
+    except OutboundError:
+        raise
+    except (TimeoutError, httpx.HTTPError, OSError, ValueError):
+        raise OutboundError(policy.failure) from None
+
+
+async def post_json(client: httpx.AsyncClient, url: str, payload: Any, policy: OutboundPolicy) -> int:
+    """POST `payload` as JSON; the HTTP status, once the answer's headers are
+    in (the body is not waited for). Redirects are not followed."""
+    try:
+        async with asyncio.timeout(policy.deadline_s):
+            response, _ = await _send(client, "POST", url, policy, follow=False, json=payload)
+            await response.aclose()
+            return response.status_code
+    except OutboundError:
+        raise
+    except (TimeoutError, httpx.HTTPError, OSError, ValueError):
+        raise OutboundError(policy.failure) from None
+
+
+def new_client() -> httpx.AsyncClient:
+    """A client for `post_json`, to be used inside one event loop."""
+    return _client()

@@ -1,0 +1,214 @@
+"""Sources that attack or misbehave, made for real: a socket that drips, a
+body gzipped twice, a gzip bomb, a FIFO, a device, a private address. Each
+ends in a SourceError that names the field, within its deadline and cap."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from compositor import SourceError, SourcePolicy
+from compositor.sources import decode_image, load_image, read_source
+from tests.conftest import png_bytes
+
+
+class RawServer:
+    """A TCP server on loopback that answers each connection with `script`:
+    a list of (bytes, seconds to wait before sending them)."""
+
+    def __init__(self, script: list[tuple[bytes, float]]) -> None:
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                for data, wait in self.script:
+                    if self.stop.wait(wait):
+                        return
+                    conn.sendall(data)
+            except OSError:
+                return
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/image.png"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[type[RawServer]]:
+    made: list[RawServer] = []
+
+    def make(script: list[tuple[bytes, float]]) -> RawServer:
+        server = RawServer(script)
+        made.append(server)
+        return server
+
+    yield make  # type: ignore[misc]
+    for server in made:
+        server.close()
+
+
+def answer(body: bytes, *headers: str) -> bytes:
+    lines = ["HTTP/1.1 200 OK", f"Content-Length: {len(body)}", *headers, "", ""]
+    return "\r\n".join(lines).encode() + body
+
+
+def test_a_source_that_drips_its_headers_is_cut_off_at_the_deadline(raw_server) -> None:  # type: ignore[no-untyped-def]
+    reply = answer(png_bytes(Image.new("RGB", (4, 4))))
+    server = raw_server([(bytes([b]), 0.1) for b in reply])  # one byte every 0.1 s: 10 s in all
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"origin_img: could not be fetched .*within 1 s"):
+        read_source(server.url, "origin_img", SourcePolicy(deadline_s=1.0))
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_source_that_drips_its_body_is_cut_off_at_the_deadline(raw_server) -> None:  # type: ignore[no-untyped-def]
+    body = b"\0" * 100
+    head = answer(body)[: -len(body)]
+    server = raw_server([(head, 0.0)] + [(body[i : i + 1], 0.1) for i in range(len(body))])
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="could not be fetched"):
+        read_source(server.url, "origin_img", SourcePolicy(deadline_s=1.0))
+    assert time.monotonic() - started < 2.0
+
+
+def test_two_gzip_layers_are_refused(raw_server) -> None:  # type: ignore[no-untyped-def]
+    bomb = gzip.compress(gzip.compress(b"\0" * (50 * 1024 * 1024)))
+    server = raw_server([(answer(bomb, "Content-Encoding: gzip, gzip"), 0.0)])
+    with pytest.raises(SourceError, match="more than one content encoding"):
+        read_source(server.url, "origin_img", SourcePolicy())
+
+
+def test_a_gzip_bomb_stops_at_the_cap_as_it_decompresses(raw_server) -> None:  # type: ignore[no-untyped-def]
+    bomb = gzip.compress(b"\0" * (200 * 1024 * 1024), compresslevel=9)  # 200 KB that become 200 MB
+    server = raw_server([(answer(bomb, "Content-Encoding: gzip"), 0.0)])
+    with pytest.raises(SourceError, match="larger than the limit of 1048576 bytes"):
+        read_source(server.url, "origin_img", SourcePolicy(max_bytes=1024 * 1024))
+
+
+def test_a_gzipped_image_within_the_cap_is_read(raw_server) -> None:  # type: ignore[no-untyped-def]
+    image = png_bytes(Image.new("RGB", (5, 3), (9, 8, 7)))
+    server = raw_server([(answer(gzip.compress(image), "Content-Encoding: gzip"), 0.0)])
+    assert load_image(server.url, "origin_img", SourcePolicy()).size == (5, 3)
+
+
+def test_an_unknown_content_encoding_is_refused(raw_server) -> None:  # type: ignore[no-untyped-def]
+    server = raw_server([(answer(b"xx", "Content-Encoding: br"), 0.0)])
+    with pytest.raises(SourceError, match="unsupported content encoding 'br'"):
+        read_source(server.url, "origin_img", SourcePolicy())
+
+
+def test_loopback_sources_are_refused_when_private_networks_are_not_allowed(raw_server) -> None:  # type: ignore[no-untyped-def]
+    server = raw_server([(answer(png_bytes(Image.new("RGB", (2, 2)))), 0.0)])
+    with pytest.raises(SourceError, match="origin_img: names a loopback, private or link-local address"):
+        read_source(server.url, "origin_img", SourcePolicy(allow_private=False))
+    for address in ("http://10.0.0.1/a.png", "http://169.254.169.254/latest", "http://[::1]:9/a.png"):
+        with pytest.raises(SourceError, match="private or link-local"):
+            read_source(address, "template_url", SourcePolicy(allow_private=False, deadline_s=2))
+
+
+def test_a_closed_port_and_a_silent_one_get_the_same_words(raw_server) -> None:  # type: ignore[no-untyped-def]
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    silent = raw_server([(b"", 5.0)])
+    policy = SourcePolicy(deadline_s=0.5)
+    reasons = []
+    for url in (f"http://127.0.0.1:{closed_port}/a.png", silent.url):
+        with pytest.raises(SourceError) as caught:
+            read_source(url, "origin_img", policy)
+        reasons.append(caught.value.reason)
+    assert reasons[0] == reasons[1]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="not a regular file"):
+        read_source(str(fifo), "origin_img", SourcePolicy())
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="not a regular file"):
+        read_source("/dev/zero", "origin_img", SourcePolicy())
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="directory"):
+        read_source(tmp_path.as_uri(), "origin_img", SourcePolicy())
+
+
+def test_file_errors_name_the_field_and_no_path(tmp_path: Path) -> None:
+    with pytest.raises(SourceError) as caught:
+        read_source(str(tmp_path / "missing.png"), "origin_img", SourcePolicy())
+    assert str(caught.value) == "origin_img: names a local file that does not exist"
+    with pytest.raises(SourceError) as caught:
+        read_source(str(tmp_path / "x.png"), "template_url", SourcePolicy(file_roots=()))
+    assert str(tmp_path) not in str(caught.value)
+
+
+def test_a_bracket_in_a_host_is_a_field_error() -> None:
+    with pytest.raises(SourceError, match="origin_img: is not a valid URL"):
+        read_source("http://[bad/a.png", "origin_img", SourcePolicy())
+
+
+def test_a_text_chunk_bomb_is_a_source_error() -> None:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * (80 * 1024 * 1024), zip=True)  # zTXt over Pillow's text limit
+    data = png_bytes(Image.new("RGB", (2, 2)), pnginfo=info)
+    with pytest.raises(SourceError, match="origin_img: could not be decoded"):
+        decode_image(data, "origin_img", max_pixels=10**8)
+
+
+def test_a_truncated_image_is_a_source_error() -> None:
+    data = png_bytes(Image.effect_noise((64, 64), 50).convert("RGB"))
+    with pytest.raises(SourceError, match="could not be decoded"):
+        decode_image(data[: len(data) // 2], "template_url", max_pixels=10**8)
+
+
+def test_sixteen_bit_sources_convert_without_an_int64_copy() -> None:
+    import tracemalloc
+
+    import numpy as np
+
+    grey = Image.fromarray(np.full((2000, 2000), 65535, np.uint16))
+    data = png_bytes(grey)
+    tracemalloc.start()
+    image = decode_image(data, "origin_img", max_pixels=10**8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert image.getpixel((0, 0)) == (255, 255, 255)
+    # 8 MB of 16-bit pixels: an int64 copy alone would be 32 MB.
+    assert peak < 30 * 1024 * 1024, peak
