@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compositor.budget import MB
 from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.webhooks import RetryPolicy
@@ -45,17 +46,30 @@ class ServeConfig:
     port: int
     settings: MirrorSettings
     development_client: Client | None  # made for a loopback server with no client configured
+    development_client_is_new: bool = False  # made just now: its key may be shown, this once
 
 
-def parse_client(text: str) -> Client:
-    """`ID:SECRET` (the secret itself may not contain a colon)."""
+def parse_client(text: str, origin: str = "--client") -> Client:
+    """`ID:SECRET` (the secret itself may not contain a colon). The error
+    names where the text came from, and never the secret."""
     client_id, sep, secret = text.partition(":")
     if not sep:
-        raise ConfigError(f"--client wants ID:SECRET, got {text!r}")
+        raise ConfigError(f"{origin} wants ID:SECRET, got an entry without a colon")
     try:
         return Client(client_id, secret)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{origin}: {exc}") from None
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected true or false, got {value!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -87,10 +101,15 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     public_url = pick("public_url", "COMPOSITOR_PUBLIC_URL", None)
     roots = flags.get("allow_file_root") or [p for p in environ.get("COMPOSITOR_FILE_ROOTS", "").split(":") if p]
     roots = roots or file.get("allow_file_roots", [])
+    # Sources and webhooks on loopback or private addresses: only this machine
+    # can call a loopback-bound server, so there they are its user's own.
+    allow_private = _flag(pick("allow_private_networks", "COMPOSITOR_ALLOW_PRIVATE_NETWORKS", is_loopback(host)))
+    budget_mb = float(pick("memory_budget_mb", "COMPOSITOR_MEMORY_BUDGET_MB", 2048, float))
+    page_hosts = tuple(flags.get("page_host") or file.get("page_hosts", []))
 
     clients = [parse_client(c) for c in flags.get("client") or []]
     if not clients and environ.get("COMPOSITOR_CLIENTS"):
-        clients = [parse_client(c) for c in environ["COMPOSITOR_CLIENTS"].split(",") if c]
+        clients = [parse_client(c, "COMPOSITOR_CLIENTS") for c in environ["COMPOSITOR_CLIENTS"].split(",") if c]
     if not clients:
         for entry in file.get("client", []):
             try:
@@ -107,10 +126,11 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
                 raise ConfigError(f"bad [[client]] entry in {config_path}: {exc}") from None
 
     development = None
+    development_is_new = False
     if not clients:
         if not is_loopback(host):
             raise ConfigError(f"refusing to serve {host} with no client configured: pass --client ID:SECRET")
-        development = development_client(data_dir)
+        development, development_is_new = development_client(data_dir)
         clients = [development]
         # Development mode may read the checkout's own fixtures, so the printed
         # curl line works as it is.
@@ -128,23 +148,48 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         result_ttl_s=ttl,
         file_roots=tuple(Path(p).resolve() for p in roots),
         expiry_interval_s=float(file.get("expiry_interval_s", 60.0)),
+        memory_budget=int(budget_mb * MB) if budget_mb > 0 else None,
+        allow_private=allow_private,
+        page_hosts=page_hosts,
+        body_limit=int(file.get("max_body_bytes", MB)),
+        source_deadline_s=float(file.get("source_deadline_s", 30.0)),
         webhook_retry=RetryPolicy(
             attempts=int(file.get("webhook_attempts", 8)),
             first_delay_s=float(file.get("webhook_first_delay_s", 1.0)),
             max_delay_s=float(file.get("webhook_max_delay_s", 60.0)),
+            timeout_s=float(file.get("webhook_timeout_s", 10.0)),
         ),
     )
-    return ServeConfig(host, port, settings, development)
+    return ServeConfig(host, port, settings, development, development_is_new)
 
 
-def development_client(data_dir: Path) -> Client:
-    """A client for local use, kept in the data dir so its key survives restarts."""
+def development_client(data_dir: Path) -> tuple[Client, bool]:
+    """A client for local use, kept in the data dir so its key survives
+    restarts, with a header file beside it for curl's `-H @FILE`; and
+    whether it was made just now."""
     path = data_dir / "development-client.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        return Client(saved["clientId"], saved["clientSecret"])
-    data_dir.mkdir(parents=True, exist_ok=True)
-    client = Client("local-dev", secrets.token_hex(16))
-    path.write_text(json.dumps({"clientId": client.client_id, "clientSecret": client.client_secret}))
-    path.chmod(0o600)
-    return client
+    created = not path.exists()
+    if created:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        client = Client("local-dev", secrets.token_hex(16))
+        _write_private(path, json.dumps({"clientId": client.client_id, "clientSecret": client.client_secret}))
+    else:
+        try:
+            saved = json.loads(path.read_text())
+            client = Client(saved["clientId"], saved["clientSecret"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path} is damaged ({exc}): remove it to get a new development client") from None
+    if created or not key_header_file(data_dir).exists():
+        _write_private(key_header_file(data_dir), f"x-api-key: {client.client_secret}\n")
+    return client, created
+
+
+def key_header_file(data_dir: Path) -> Path:
+    """The development client's key as a header line, for `curl -H @FILE`."""
+    return data_dir / "development-client.header"
+
+
+def _write_private(path: Path, text: str) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)

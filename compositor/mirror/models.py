@@ -13,6 +13,8 @@ import time
 import uuid
 import zlib
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,28 +183,114 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, create_time);
 CREATE TABLE IF NOT EXISTS credits (client_id TEXT PRIMARY KEY, used INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS webhooks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    result_url TEXT,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_ms INTEGER NOT NULL,
+    last_http_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (state, due_ms);
 """
 
 
-class JobStore:
-    """Jobs and credits in SQLite (WAL), safe to share between threads.
+class StoreError(Exception):
+    """The job store cannot be read or written right now. `reason` says why
+    in words for the caller (no paths, no SQL)."""
 
-    Every state change is one transaction, so a crash at any point leaves
-    each job either queued, processing (re-queued at start-up) or finished."""
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class StoreFullError(StoreError):
+    """The disk (or quota) under the data dir is full: transient, it passes when space returns."""
+
+
+class StoreDamagedError(StoreError):
+    """The database file is damaged: it needs a person."""
+
+
+def _store_error(exc: sqlite3.Error) -> StoreError:
+    text = str(exc).lower()
+    if "full" in text or "no space" in text:
+        return StoreFullError("the disk under the data dir is full")
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StoreDamagedError("the job database is damaged")
+    return StoreError(f"the job database failed ({type(exc).__name__})")
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One webhook notice waiting in the outbox: a job's new status, for its `webhookUrl`."""
+
+    id: int
+    job_id: str
+    client_id: str
+    url: str
+    status: int
+    result_url: str | None
+    attempts: int
+
+
+class JobStore:
+    """Jobs, credits and the webhook outbox in SQLite (WAL), safe to share
+    between threads.
+
+    Every state change is one transaction, and the webhook notice it owes is
+    written in that same transaction, so a crash at any point leaves each job
+    either queued, processing (re-queued at start-up) or finished, with its
+    notices already in the outbox. Every SQLite failure comes out as a
+    `StoreError`."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        with self._lock:
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise StoreDamagedError(f"the job database {path} is damaged ({problems[0]})")
             self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            error = _store_error(exc)
+            raise type(error)(f"{error.reason}: {path} ({exc})") from None
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; any SQLite failure rolls it back and is raised as a StoreError."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from None
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from None
 
     def create(self, client: Client, body: dict[str, Any]) -> Job:
         """Store a queued job, charging the client's credits in the same transaction."""
@@ -217,43 +305,40 @@ class JobStore:
             create_time=now,
             updated_time=now,
         )
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if client.quota is not None:
-                    self._db.execute("INSERT OR IGNORE INTO credits VALUES (?, 0)", (client.client_id,))
-                    charged = self._db.execute(
-                        "UPDATE credits SET used = used + ? WHERE client_id = ? AND used + ? <= ?",
-                        (CREDITS_PER_JOB, client.client_id, CREDITS_PER_JOB, client.quota),
-                    ).rowcount
-                    if charged == 0:
-                        raise ApiError(ApiCode.QUOTA_NOT_ENOUGH, "quota is not enough")
-                self._db.execute(
-                    "INSERT INTO jobs (id, image_id, client_id, uid, body, status, create_time, updated_time)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.image_id, job.client_id, job.uid, json.dumps(body), QUEUEING, now, now),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            if client.quota is not None:
+                db.execute("INSERT OR IGNORE INTO credits VALUES (?, 0)", (client.client_id,))
+                charged = db.execute(
+                    "UPDATE credits SET used = used + ? WHERE client_id = ? AND used + ? <= ?",
+                    (CREDITS_PER_JOB, client.client_id, CREDITS_PER_JOB, client.quota),
+                ).rowcount
+                if charged == 0:
+                    raise ApiError(ApiCode.QUOTA_NOT_ENOUGH, "quota is not enough")
+            db.execute(
+                "INSERT INTO jobs (id, image_id, client_id, uid, body, status, create_time, updated_time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.image_id, job.client_id, job.uid, json.dumps(body), QUEUEING, now, now),
+            )
         return job
 
     def get(self, job_id: str) -> Job | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _job(row) if row else None
+        rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
 
     def claim_next(self) -> Job | None:
-        """The oldest queued job, now marked processing; None when none waits."""
-        with self._lock:
-            row = self._db.execute(
+        """The oldest queued job, now marked processing (its notice queued); None when none waits."""
+        with self._transaction() as db:
+            row = db.execute(
                 "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts + 1"
                 " WHERE id = (SELECT id FROM jobs WHERE status = ? ORDER BY create_time, rowid LIMIT 1)"
                 " RETURNING *",
                 (PROCESSING, _now_ms(), QUEUEING),
             ).fetchone()
-        return _job(row) if row else None
+            if row is None:
+                return None
+            job = _job(row)
+            _queue_notice(db, job, PROCESSING)
+        return job
 
     def complete(self, job_id: str, result_path: str, image_url: str) -> None:
         self._finish(job_id, COMPLETED, result_path=result_path, image_url=image_url)
@@ -261,30 +346,105 @@ class JobStore:
     def fail(self, job_id: str, reasons: list[str]) -> None:
         self._finish(job_id, FAILED, error_reasons=json.dumps(reasons))
 
+    def requeue(self, job_id: str, *, count_attempt: bool = True) -> None:
+        """A processing job back in the queue, to run again. An attempt that
+        was not the job's fault (no space for its result) does not count."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts - ? WHERE id = ? AND status = ?",
+                (QUEUEING, _now_ms(), 0 if count_attempt else 1, job_id, PROCESSING),
+            )
+
     def _finish(self, job_id: str, status: int, **columns: str) -> None:
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        with self._lock:
-            self._db.execute(
-                f"UPDATE jobs SET status = ?, updated_time = ?, {assignments} WHERE id = ? AND status = ?",
+        with self._transaction() as db:
+            row = db.execute(
+                f"UPDATE jobs SET status = ?, updated_time = ?, {assignments} WHERE id = ? AND status = ? RETURNING *",
                 (status, _now_ms(), *columns.values(), job_id, PROCESSING),
-            )
+            ).fetchone()
+            if row is not None:
+                _queue_notice(db, _job(row), status)
 
     def requeue_interrupted(self) -> int:
         """Jobs left processing by a process that died go back to the queue."""
-        with self._lock:
-            return self._db.execute(
+        with self._transaction() as db:
+            return db.execute(
                 "UPDATE jobs SET status = ?, updated_time = ? WHERE status = ?", (QUEUEING, _now_ms(), PROCESSING)
             ).rowcount
 
     def expire(self, older_than_ms: int) -> list[str]:
         """Mark results older than the cut-off expired; their files' paths."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._transaction() as db:
+            rows = db.execute(
                 "UPDATE jobs SET expired = 1 WHERE status = ? AND expired = 0 AND updated_time < ?"
                 " RETURNING result_path",
                 (COMPLETED, older_than_ms),
             ).fetchall()
         return [row["result_path"] for row in rows if row["result_path"]]
+
+    # --- the webhook outbox ---------------------------------------------------
+    def due_notices(self, now_ms: int, exclude: set[int], limit: int) -> list[Notice]:
+        """Pending notices that are due, each the oldest still pending for its
+        job (so a job's notices go out in order), oldest first."""
+        rows = self._read(
+            "SELECT * FROM webhooks AS w WHERE state = 'pending' AND due_ms <= ?"
+            " AND NOT EXISTS (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id"
+            " AND e.state = 'pending' AND e.id < w.id) ORDER BY id LIMIT ?",
+            (now_ms, limit + len(exclude)),
+        )
+        notices = [_notice(row) for row in rows if row["id"] not in exclude]
+        return notices[:limit]
+
+    def next_notice_due(self) -> int | None:
+        rows = self._read("SELECT MIN(due_ms) AS due FROM webhooks WHERE state = 'pending'")
+        return rows[0]["due"] if rows else None
+
+    def notice_attempted(
+        self, notice_id: int, *, delivered: bool, http_status: int | None, error: str | None, retry_at_ms: int | None
+    ) -> None:
+        """Record one delivery attempt: delivered, to be retried at `retry_at_ms`, or abandoned (None)."""
+        state = "delivered" if delivered else ("pending" if retry_at_ms is not None else "abandoned")
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE webhooks SET state = ?, attempts = attempts + 1, due_ms = COALESCE(?, due_ms),"
+                " last_http_status = ?, last_error = ? WHERE id = ?",
+                (state, retry_at_ms, http_status, error, notice_id),
+            )
+
+    def notices(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        """Every notice (of one job), oldest first, as plain dicts."""
+        if job_id is None:
+            rows = self._read("SELECT * FROM webhooks ORDER BY id")
+        else:
+            rows = self._read("SELECT * FROM webhooks WHERE job_id = ? ORDER BY id", (job_id,))
+        return [dict(row) for row in rows]
+
+
+def _queue_notice(db: sqlite3.Connection, job: Job, status: int) -> None:
+    url = job.body.get("webhookUrl")
+    if not isinstance(url, str) or not url:
+        return
+    if (
+        status == PROCESSING
+        and db.execute("SELECT 1 FROM webhooks WHERE job_id = ? AND status = ?", (job.id, PROCESSING)).fetchone()
+    ):
+        return  # a job run again is no news to the receiver
+    db.execute(
+        "INSERT INTO webhooks (job_id, client_id, url, status, result_url, due_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        (job.id, job.client_id, url, status, job.image_url if status == COMPLETED else None, _now_ms()),
+    )
+
+
+def _notice(row: sqlite3.Row) -> Notice:
+    return Notice(
+        id=row["id"],
+        job_id=row["job_id"],
+        client_id=row["client_id"],
+        url=row["url"],
+        status=row["status"],
+        result_url=row["result_url"],
+        attempts=row["attempts"],
+    )
 
 
 def _job(row: sqlite3.Row) -> Job:

@@ -1,21 +1,33 @@
 """HTTP in, calls on the `Mirror` out. Upstream answers HTTP 200 and puts the
 outcome in `code`, so every business outcome here is a 200 with the
-`{code, msg, data}` envelope; only unknown paths and methods are HTTP errors.
+`{code, msg, data}` envelope. Every other answer is the envelope too, with
+an HTTP status that says what happened: 404 and 405 for unknown paths and
+methods, 413 for a body over its cap, 503 while the job store cannot be
+written (a full disk), 500 with a request id for anything unexpected.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compositor.errors import ApiCode, InvalidRequestError
-from compositor.mirror.models import ApiError
+from compositor.mirror.middleware import (
+    BodyLimit,
+    BodyTooLarge,
+    ErrorEnvelope,
+    internal_error_message,
+    log_failure,
+    read_json,
+)
+from compositor.mirror.models import ApiError, StoreError
 from compositor.mirror.page import add_page
 from compositor.mirror.service import Mirror
 
@@ -55,15 +67,17 @@ def envelope(code: int, msg: str, data: Any = None) -> JSONResponse:
     return JSONResponse(content)
 
 
-async def _read_json(request: Request) -> object:
-    raw = await request.body()
-    try:
-        return json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(ApiCode.PARAMETER_ERROR, f"body: is not valid JSON: {exc}") from None
+def create_app(mirror: Mirror) -> ErrorEnvelope:
+    """The mirror as an ASGI app: the FastAPI routes inside the guards of
+    `middleware` (the FastAPI app itself is `.app.app`)."""
+    app = _routes(mirror)
+    upload_limit = mirror.settings.upload_limit
+    body_limit = mirror.settings.body_limit
+    routes: Any = app  # Starlette's own ASGI types are narrower than the plain callables here
+    return ErrorEnvelope(BodyLimit(routes, lambda path: upload_limit if path == "/uploads" else body_limit))
 
 
-def create_app(mirror: Mirror) -> FastAPI:
+def _routes(mirror: Mirror) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         mirror.start()
@@ -79,6 +93,42 @@ def create_app(mirror: Mirror) -> FastAPI:
         lifespan=lifespan,
     )
 
+    @app.exception_handler(StoreError)
+    async def store_failed(_: Request, exc: StoreError) -> JSONResponse:
+        # Not the caller's fault and it may pass (a full disk): say so, and when to try again.
+        response = envelope(
+            int(ApiCode.BACKGROUND_CHANGE_ERROR), f"the mirror cannot store jobs right now: {exc.reason}"
+        )
+        response.status_code = 503
+        response.headers["retry-after"] = "5"
+        return response
+
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+        response = envelope(int(ApiCode.PARAMETER_ERROR), str(exc))
+        response.status_code = 413
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        messages = {404: "no such endpoint", 405: "method not allowed for this endpoint"}
+        response = envelope(int(ApiCode.PARAMETER_ERROR), messages.get(exc.status_code, str(exc.detail)))
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return envelope(int(ApiCode.PARAMETER_ERROR), f"{field}: {first.get('msg', 'is not valid')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        request_id = log_failure(request.method, request.url.path, exc)
+        response = envelope(int(ApiCode.BACKGROUND_CHANGE_ERROR), *internal_error_message(request_id))
+        response.status_code = 500
+        return response
+
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
         return envelope(int(exc.code), exc.message)
@@ -90,7 +140,7 @@ def create_app(mirror: Mirror) -> FastAPI:
 
     @app.post("/api/open/v3/getToken", openapi_extra=_json_body(_TOKEN_SCHEMA))
     async def get_token(request: Request) -> JSONResponse:
-        body = await _read_json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise ApiError(ApiCode.PARAMETER_ERROR, "body: must be a JSON object with clientId and clientSecret")
         token = mirror.issue_token(body.get("clientId"), body.get("clientSecret"))
@@ -103,7 +153,7 @@ def create_app(mirror: Mirror) -> FastAPI:
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
         client = mirror.authenticate(authorization, x_api_key)
-        body = await _read_json(request)
+        body = await read_json(request)
         job = await run_in_threadpool(mirror.submit, client, body)
         return envelope(1000, "OK", job.to_api())
 

@@ -4,33 +4,43 @@ layer calls `submit`, `info` and `issue_token` and nothing else."""
 
 from __future__ import annotations
 
+import functools
 import logging
-import multiprocessing
 import os
+import queue
 import secrets
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
+from compositor.mirror.lock import DataDirLock
 from compositor.mirror.models import (
-    COMPLETED,
-    FAILED,
-    PROCESSING,
     Accounts,
     ApiError,
     Client,
     Job,
     JobStore,
+    StoreError,
 )
-from compositor.mirror.webhooks import RetryPolicy, WebhookSender, envelope
-from compositor.mirror.worker import render_to_file
+from compositor.mirror.pool import WorkerDied, WorkerPool
+from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
+from compositor.mirror.worker import RenderOutcome, prepare_worker, render_to_file
+from compositor.outbound import OutboundPolicy
 from compositor.request import Limits, validate
 from compositor.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
+
+# A job whose worker died this many times is failed rather than run again.
+MAX_ATTEMPTS = 2
+# How long the dispatcher waits before claiming again after the store or the
+# disk failed: doubling from the first to the last.
+BACKOFF_S = (0.5, 30.0)
 
 
 @dataclass(frozen=True)
@@ -44,23 +54,59 @@ class MirrorSettings:
     file_roots: tuple[Path, ...] = ()
     limits: Limits = field(default_factory=Limits)
     webhook_retry: RetryPolicy = field(default_factory=RetryPolicy)
+    memory_budget: int | None = 2048 * MB  # per job or preview, in bytes
+    preview_workers: int = 1
+    # Sources and webhooks may reach loopback and private addresses: true
+    # while the server listens on loopback only (see config.load).
+    allow_private: bool = True
+    source_deadline_s: float = 30.0
+    body_limit: int = 1 * MB  # an API request's body
+    upload_limit: int = 64 * MB  # an image uploaded from the page
+    # Host names (and origins) the page's endpoints answer, beside loopback's.
+    page_hosts: tuple[str, ...] = ()
 
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
 
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def sources(self) -> SourcePolicy:
+        return SourcePolicy(
+            file_roots=self.file_roots, allow_private=self.allow_private, deadline_s=self.source_deadline_s
+        )
+
 
 class Mirror:
+    """The back end: jobs from `submit` to a result, a failure, or a retry."""
+
     def __init__(self, settings: MirrorSettings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.accounts = Accounts(list(settings.clients), _signing_key(settings.data_dir))
-        self.store = JobStore(settings.data_dir / "jobs.sqlite3")
-        self.webhooks = WebhookSender(settings.webhook_retry)
-        self._pool: ProcessPoolExecutor | None = None
+        # The lock first: nothing of another server's may be touched.
+        self._lock = DataDirLock(settings.data_dir, {"url": settings.public_base_url})
+        try:
+            self.accounts = Accounts(list(settings.clients), _signing_key(settings.data_dir))
+            self.store = JobStore(settings.data_dir / "jobs.sqlite3")
+        except BaseException:
+            self._lock.release()
+            raise
+        self.webhooks = WebhookOutbox(
+            self.store,
+            self._secret_for,
+            settings.webhook_retry,
+            OutboundPolicy(deadline_s=settings.webhook_retry.timeout_s, allow_private=settings.allow_private),
+        )
+        self.pool: WorkerPool | None = None
+        self.previews: WorkerPool | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._slots = threading.Semaphore(settings.workers)
+        self._in_flight: dict[str, Job] = {}
+        self._outcomes: queue.SimpleQueue[tuple[Job, Future[RenderOutcome]]] = queue.SimpleQueue()
+        self._unstored: list[tuple[Job, Future[RenderOutcome]]] = []
+        self._paused_until = 0.0
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle -------------------------------------------------------
@@ -68,12 +114,13 @@ class Mirror:
         requeued = self.store.requeue_interrupted()
         if requeued:
             log.warning("re-queued %d job(s) interrupted by the last shutdown", requeued)
-        # spawn: the server process has threads, which fork would copy mid-flight.
-        self._pool = ProcessPoolExecutor(self.settings.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = WorkerPool(self.settings.workers, name="render", initializer=prepare_worker)
+        self.previews = WorkerPool(self.settings.preview_workers, name="preview", initializer=prepare_worker)
         for target, name in ((self._dispatch, "dispatcher"), (self._expire_loop, "expiry")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        self.webhooks.start()
         self._wake.set()
 
     def stop(self) -> None:
@@ -81,10 +128,12 @@ class Mirror:
         self._wake.set()
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.pool, self.previews):
+            if pool is not None:
+                pool.shutdown()
         self.webhooks.stop()
         self.store.close()
+        self._lock.release()
 
     # --- the API ---------------------------------------------------------
     def issue_token(self, client_id: object, client_secret: object) -> str:
@@ -113,69 +162,139 @@ class Mirror:
         return job
 
     def result_file(self, name: str) -> Path | None:
-        path = (self.settings.results_dir / name).resolve()
-        if path.parent != self.settings.results_dir.resolve() or not path.is_file():
-            return None
-        return path
+        return _file_in(self.settings.results_dir, name)
+
+    def upload_file(self, name: str) -> Path | None:
+        return _file_in(self.settings.uploads_dir, name)
 
     # --- the work --------------------------------------------------------
     def _dispatch(self) -> None:
+        """Claims queued jobs while a worker is free, and stores what the
+        workers answer. Whatever fails here (the store, the disk) is logged
+        and tried again after a growing pause: this thread never ends before
+        the server does."""
+        delay = BACKOFF_S[0]
         while not self._stopping.is_set():
-            self._wake.wait(timeout=1.0)
+            try:
+                self._store_outcomes()
+                self._claim()
+                delay = BACKOFF_S[0]
+            except StoreError as exc:
+                log.error("the job store failed (%s); trying again in %.1f s", exc.reason, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, BACKOFF_S[1])
+            except Exception:
+                log.exception("the dispatcher failed; trying again in %.1f s", delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, BACKOFF_S[1])
+            self._wake.wait(timeout=max(0.05, min(1.0, self._paused_until - time.monotonic())))
             self._wake.clear()
-            while not self._stopping.is_set() and self._slots.acquire(timeout=0.5):
-                job = self.store.claim_next()
-                if job is None:
-                    self._slots.release()
-                    break
-                self._notify(job, PROCESSING)
-                self._run(job)
 
-    def _run(self, job: Job) -> None:
-        assert self._pool is not None
-        result = self.settings.results_dir / f"{job.id}.png"
-        policy = asdict(SourcePolicy(file_roots=self.settings.file_roots))
-        try:
-            future = self._pool.submit(render_to_file, job.body, str(result), policy)
-        except RuntimeError:  # the pool is shutting down; the job stays processing and is re-queued at start
-            self._slots.release()
-            return
-        future.add_done_callback(lambda done: self._finished(job, result, done))
+    def _claim(self) -> None:
+        assert self.pool is not None
+        while len(self._in_flight) < self.settings.workers and time.monotonic() >= self._paused_until:
+            if self._stopping.is_set():
+                return
+            job = self.store.claim_next()
+            if job is None:
+                return
+            self.webhooks.wake()
+            self._in_flight[job.id] = job
+            result = self.settings.results_dir / f"{job.id}.png"
+            budget = self.settings.memory_budget
+            future = self.pool.submit(render_to_file, job.body, str(result), self.settings.sources, budget)
+            future.add_done_callback(functools.partial(self._answered, job))
 
-    def _finished(self, job: Job, result: Path, done: Future[str | None]) -> None:
+    def _answered(self, job: Job, done: Future[RenderOutcome]) -> None:
+        # A worker's thread: only hand over, the dispatcher stores it.
+        self._outcomes.put((job, done))
+        self._wake.set()
+
+    def _store_outcomes(self) -> None:
+        """Every answer so far, into the store. One that cannot be stored yet
+        waits in memory for the next round (its job stays processing)."""
+        while True:
+            try:
+                self._unstored.append(self._outcomes.get_nowait())
+            except queue.Empty:
+                break
+        while self._unstored:
+            job, done = self._unstored[0]
+            if not self._stopping.is_set():
+                self._store_outcome(job, done)
+            self._unstored.pop(0)
+            self._in_flight.pop(job.id, None)
+            self.webhooks.wake()
+
+    def _store_outcome(self, job: Job, done: Future[RenderOutcome]) -> None:
         try:
-            failure = done.result()
-        except Exception as exc:  # a worker that died is a failed render, not a lost job
-            failure = f"the render process failed: {type(exc).__name__}: {exc}"
-        finally:
-            self._slots.release()
-            self._wake.set()
-        if self._stopping.is_set():
+            outcome = done.result()
+        except WorkerDied as exc:
+            if job.attempts < MAX_ATTEMPTS:
+                log.warning("job %s: %s; running it again", job.id, exc)
+                self.store.requeue(job.id)
+            else:
+                log.warning("job %s: %s, %d times; failing it", job.id, exc, job.attempts)
+                self.store.fail(job.id, [f"{exc}, {job.attempts} times"])
             return
-        if failure is None:
-            url = f"{self.settings.public_base_url}/results/{result.name}"
-            self.store.complete(job.id, str(result), url)
-            self._notify(job, COMPLETED, url)
+        except Exception as exc:
+            log.error("job %s: the render failed unexpectedly: %s", job.id, exc)
+            self.store.fail(job.id, ["the render failed unexpectedly"])
+            return
+        if outcome.transient:
+            pause = 5.0
+            log.warning("job %s: %s; it waits, and new jobs wait %.0f s", job.id, outcome.failure, pause)
+            self.store.requeue(job.id, count_attempt=False)
+            self._paused_until = time.monotonic() + pause
+        elif outcome.failure is None:
+            url = f"{self.settings.public_base_url}/results/{job.id}.png"
+            self.store.complete(job.id, str(self.settings.results_dir / f"{job.id}.png"), url)
         else:
-            self.store.fail(job.id, [failure])
-            self._notify(job, FAILED)
+            self.store.fail(job.id, [outcome.failure])
 
-    def _notify(self, job: Job, status: int, url: str | None = None) -> None:
-        hook = job.body.get("webhookUrl")
-        client = self.accounts.get(job.client_id)
-        if hook and client is not None:
-            self.webhooks.send(hook, envelope(job.id, status, url, client.client_id, client.client_secret))
+    def _secret_for(self, client_id: str) -> str | None:
+        client = self.accounts.get(client_id)
+        return client.client_secret if client is not None else None
 
     def _expire_loop(self) -> None:
         while not self._stopping.wait(self.settings.expiry_interval_s):
-            self.expire_now()
+            try:
+                self.expire_now()
+            except StoreError as exc:
+                log.error("expiry: the job store failed (%s); trying again later", exc.reason)
+            except Exception:
+                log.exception("expiry failed; trying again later")
 
     def expire_now(self) -> int:
-        cutoff = int((time.time() - self.settings.result_ttl_s) * 1000)
-        paths = self.store.expire(cutoff)
+        """Results and uploads older than the time-to-live, gone; how many results."""
+        cutoff = time.time() - self.settings.result_ttl_s
+        paths = self.store.expire(int(cutoff * 1000))
         for path in paths:
             Path(path).unlink(missing_ok=True)
+        if self.settings.uploads_dir.is_dir():
+            for upload in self.settings.uploads_dir.iterdir():
+                try:
+                    if upload.is_file() and upload.stat().st_mtime < cutoff:
+                        upload.unlink(missing_ok=True)
+                except OSError:
+                    continue
         return len(paths)
+
+    def preview(self, fn: Any, *args: Any) -> Future[Any]:
+        """Run a page task (a preview render, an upload check) on the preview worker."""
+        assert self.previews is not None
+        return self.previews.submit(fn, *args)
+
+
+def _file_in(folder: Path, name: str) -> Path | None:
+    """`folder/name` if that is a file directly in `folder`; None for anything else (NUL, .., links out)."""
+    try:
+        path = (folder / name).resolve()
+        if path.parent != folder.resolve() or not path.is_file():
+            return None
+    except (OSError, ValueError):
+        return None
+    return path
 
 
 def _signing_key(data_dir: Path) -> bytes:

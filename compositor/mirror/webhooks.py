@@ -1,26 +1,33 @@
 """Webhooks as upstream sends them (SPEC.md, Webhook): the job's status,
 AES-CBC-encrypted with the client's secret and signed with SHA-1, POSTed to
 `webhookUrl` and retried with bounded exponential backoff until the receiver
-answers HTTP 200. Deliveries run on their own thread: a dead receiver never
-holds up rendering or other jobs.
+answers HTTP 200. The notices wait in the job store's outbox, so they survive
+a restart; they are delivered from a thread of their own, many at once: a
+dead or slow receiver never holds up rendering or other receivers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
-import heapq
-import itertools
 import json
 import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from compositor.mirror.models import JobStore, Notice, StoreError
+from compositor.outbound import OutboundError, OutboundPolicy, new_client, post_json
 
 log = logging.getLogger(__name__)
 
@@ -62,73 +69,135 @@ class RetryPolicy:
     attempts: int = 8
     first_delay_s: float = 1.0
     max_delay_s: float = 60.0
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # one whole attempt: connect, send, the answer's headers
+    concurrency: int = 32  # deliveries under way at once
+    per_host: int = 2  # of those, to one receiver (host and port)
 
     def delay(self, attempt: int) -> float:
         return float(min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s))
 
 
-@dataclass(order=True)
-class _Delivery:
-    due: float
-    order: int
-    url: str = field(compare=False)
-    payload: dict[str, Any] = field(compare=False)
-    attempt: int = field(compare=False, default=1)
+class WebhookOutbox:
+    """Delivers the store's webhook outbox: a thread with an event loop, many
+    deliveries at once (at most `per_host` to one receiver, so a slow one
+    delays only its own), a job's notices in order, each attempt under one
+    deadline, and every attempt recorded in the store, so nothing owed is
+    forgotten by a restart."""
 
-
-class WebhookSender:
-    """A thread that delivers payloads in order of due time, with retries."""
-
-    def __init__(self, policy: RetryPolicy | None = None) -> None:
-        self.policy = policy or RetryPolicy()
-        self._queue: list[_Delivery] = []
-        self._order = itertools.count()
-        self._wake = threading.Condition()
+    def __init__(
+        self,
+        store: JobStore,
+        secret_for: Callable[[str], str | None],
+        retry: RetryPolicy,
+        network: OutboundPolicy,
+    ) -> None:
+        self.retry = retry
+        self._store = store
+        self._secret_for = secret_for
+        self._network = network
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
         self._stopped = False
-        self.delivered = 0
-        self.abandoned = 0
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
+
+    def start(self) -> None:
         self._thread.start()
 
-    def send(self, url: str, payload: dict[str, Any]) -> None:
-        with self._wake:
-            heapq.heappush(self._queue, _Delivery(time.monotonic(), next(self._order), url, payload))
-            self._wake.notify()
+    def wake(self) -> None:
+        """Look at the outbox now (a job changed state)."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(wake.set)
 
     def stop(self) -> None:
-        with self._wake:
-            self._stopped = True
-            self._wake.notify()
+        self._stopped = True
+        self.wake()
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        import httpx
+        asyncio.run(self._main())
 
-        with httpx.Client(timeout=self.policy.timeout_s) as http:
-            while True:
-                with self._wake:
-                    while not self._stopped and (not self._queue or self._queue[0].due > time.monotonic()):
-                        wait = self._queue[0].due - time.monotonic() if self._queue else None
-                        self._wake.wait(timeout=wait)
-                    if self._stopped:
-                        return
-                    delivery = heapq.heappop(self._queue)
-                self._attempt(http, delivery)
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        in_flight: dict[int, str] = {}  # notice id: receiver
+        tasks: set[asyncio.Task[None]] = set()
+        delay = 0.5
+        async with new_client() as client:
+            while not self._stopped:
+                self._wake.clear()
+                try:
+                    free = self.retry.concurrency - len(in_flight)
+                    due = await asyncio.to_thread(self._store.due_notices, _now_ms(), set(in_flight), max(free, 0))
+                    delay = 0.5
+                except StoreError as exc:
+                    log.error("webhooks: the job store failed (%s); trying again in %.1f s", exc.reason, delay)
+                    due, delay = [], min(delay * 2, 30.0)
+                    await asyncio.sleep(delay)
+                for notice in due:
+                    receiver = _receiver(notice.url)
+                    if list(in_flight.values()).count(receiver) >= self.retry.per_host:
+                        continue
+                    in_flight[notice.id] = receiver
+                    task = asyncio.create_task(self._deliver(client, notice))
+                    tasks.add(task)
+                    task.add_done_callback(functools.partial(self._delivered, tasks, in_flight, notice.id))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._wake.wait()
+            for task in tasks:
+                task.cancel()
 
-    def _attempt(self, http: Any, delivery: _Delivery) -> None:
+    def _delivered(
+        self, tasks: set[asyncio.Task[None]], in_flight: dict[int, str], notice_id: int, done: asyncio.Task[None]
+    ) -> None:
+        tasks.discard(done)
+        in_flight.pop(notice_id, None)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _deliver(self, client: Any, notice: Notice) -> None:
+        secret = self._secret_for(notice.client_id)
+        status: int | None = None
+        error: str | None = None
+        if secret is None:
+            error = "the job's client no longer exists"
+        else:
+            payload = envelope(notice.job_id, notice.status, notice.result_url, notice.client_id, secret)
+            try:
+                status = await post_json(client, notice.url, payload, self._network)
+                if status != 200:
+                    error = f"HTTP {status}"
+            except OutboundError as exc:
+                error = exc.reason
+        delivered = status == 200
+        attempt = notice.attempts + 1
+        retry_at = None
+        if not delivered and secret is not None and attempt < self.retry.attempts:
+            retry_at = _now_ms() + int(self.retry.delay(attempt) * 1000)
+        elif not delivered:
+            log.warning("webhook for job %s abandoned after %d attempt(s): %s", notice.job_id, attempt, error)
         try:
-            status = http.post(delivery.url, json=delivery.payload).status_code
-        except Exception as exc:  # any transport failure is a failed attempt
-            status = f"{type(exc).__name__}"
-        if status == 200:
-            self.delivered += 1
-            return
-        if delivery.attempt >= self.policy.attempts:
-            self.abandoned += 1
-            log.warning("webhook to %s abandoned after %d attempts (last: %s)", delivery.url, delivery.attempt, status)
-            return
-        delivery.due = time.monotonic() + self.policy.delay(delivery.attempt)
-        delivery.attempt += 1
-        with self._wake:
-            heapq.heappush(self._queue, delivery)
+            await asyncio.to_thread(
+                self._store.notice_attempted,
+                notice.id,
+                delivered=delivered,
+                http_status=status,
+                error=error,
+                retry_at_ms=retry_at,
+            )
+        except StoreError as exc:  # it stays pending as it was: sent again later, at least once
+            log.error("webhooks: cannot record a delivery (%s)", exc.reason)
+
+
+def _receiver(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        return f"{parts.hostname}:{parts.port}"
+    except ValueError:
+        return url
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

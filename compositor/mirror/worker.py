@@ -1,31 +1,100 @@
-"""Rendering in worker processes, so the server keeps answering while the
-CPU-bound engine runs. Only plain data crosses the process boundary."""
+"""What the mirror's worker processes run: job renders, page previews and
+upload checks. Every decode happens here, never in the server process, so a
+heavy or hostile image costs a worker (under its memory budget), not the
+server. Only plain data crosses the process boundary."""
 
 from __future__ import annotations
 
+import errno
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compositor.files import write_atomically
+from compositor.sources import SourcePolicy
+
+# errnos that mean "no room for the result", which passes, unlike a bad job.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
-def render_to_file(body: dict[str, Any], result_path: str, policy: dict[str, Any]) -> str | None:
-    """Render `body` into `result_path` (atomically); the failure reason, or None.
-    removeBg finds its model where the server's environment says
-    ($COMPOSITOR_MODEL_HOME, else the checkout)."""
-    from compositor import CompositorError, RenderOptions, SourcePolicy
-    from compositor.encode import encode
-    from compositor.engine import render_array
-    from compositor.heap import release_free_heap, use_one_malloc_arena
+@dataclass(frozen=True)
+class RenderOutcome:
+    """`failure` None: the result is written. `transient`: the job was not at
+    fault (no space for its result) and should wait and run again."""
+
+    failure: str | None = None
+    transient: bool = False
+
+
+def prepare_worker() -> None:
+    """Process-wide settings of a render process, once, before any render."""
+    from compositor.heap import use_one_malloc_arena
 
     use_one_malloc_arena()
-    options = RenderOptions(sources=SourcePolicy(**policy))
+
+
+def render_to_file(body: dict[str, Any], result_path: str, sources: SourcePolicy, budget: int | None) -> RenderOutcome:
+    """Render `body` into `result_path` (atomically).
+    removeBg finds its model where the server's environment says
+    ($COMPOSITOR_MODEL_HOME, else the checkout)."""
+    from compositor import CompositorError, RenderOptions
+    from compositor.encode import encode
+    from compositor.engine import render_array
+    from compositor.files import write_atomically
+    from compositor.heap import release_free_heap
+
+    options = RenderOptions(sources=sources, memory_budget=budget)
     try:
         image = render_array(body, options=options)
         release_free_heap()
         data = encode(image)
         del image
     except CompositorError as exc:
-        return str(exc)
-    write_atomically(Path(result_path), data)
-    return None
+        return RenderOutcome(str(exc))
+    except MemoryError:
+        return RenderOutcome(f"the render ran out of memory (budget {_mb(budget)} per job)")
+    try:
+        write_atomically(Path(result_path), data)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            return RenderOutcome("no space left to store the result", transient=True)
+        return RenderOutcome("the result could not be stored", transient=True)
+    return RenderOutcome()
+
+
+def render_preview(body: dict[str, Any], max_side: int | None, sources: SourcePolicy, budget: int | None) -> Any:
+    """The page's picture: PNG bytes, or `{"code", "msg"}` saying why not."""
+    from compositor import CompositorError, RenderOptions
+    from compositor.encode import encode
+    from compositor.engine import render_array
+    from compositor.preview import scaled_body
+
+    try:
+        if max_side is not None:
+            body, _ = scaled_body(body, max_side, sources)
+        return encode(render_array(body, options=RenderOptions(sources=sources, memory_budget=budget)))
+    except CompositorError as exc:
+        return {"code": int(exc.code), "msg": str(exc)}
+    except MemoryError:
+        return {"code": 1206, "msg": f"the preview ran out of memory (budget {_mb(budget)})"}
+
+
+def probe_upload(data: bytes, max_pixels: int, budget: int | None) -> dict[str, Any]:
+    """An uploaded file's size if it decodes as an image: `{"width", "height"}`
+    or `{"code", "msg"}`."""
+    from compositor import CompositorError
+    from compositor.budget import MemoryBudget
+    from compositor.sources import decode_image
+
+    try:
+        image = decode_image(
+            data, "upload", max_pixels=max_pixels, budget=MemoryBudget(budget) if budget is not None else None
+        )
+    except CompositorError as exc:
+        return {"code": 1003, "msg": str(exc)}
+    except MemoryError:
+        return {"code": 1003, "msg": "upload: too large to decode"}
+    return {"width": image.width, "height": image.height}
+
+
+def _mb(budget: int | None) -> str:
+    return "unlimited" if budget is None else f"{budget // (1024 * 1024)} MB"

@@ -167,7 +167,7 @@ function update({ fromFields = false } = {}) {
 }
 
 async function upload(file, layer) {
-  const answer = await (await fetch("/uploads", { method: "POST", body: file })).json();
+  const answer = await (await fetch("/uploads", { method: "POST", headers: { "content-type": file.type || "application/octet-stream" }, body: file })).json();
   if (answer.code !== 1000) { showMessages({ code: answer.code, msg: answer.msg, data: { errors: [{ field: layerKeys[layer].src, message: answer.msg }] } }); return; }
   const k = layerKeys[layer];
   natural[layer] = { w: answer.data.width, h: answer.data.height };

@@ -1,0 +1,135 @@
+"""Reading request bodies safely, and two guards around the whole HTTP app, below routing, so that they hold for
+every path, known or not:
+
+- `BodyLimit`: a request body over its cap is refused with 413 before it is
+  read whole: at once when Content-Length says so, else as soon as the bytes
+  received pass the cap.
+- `ErrorEnvelope`: an exception nothing else handled becomes HTTP 500 with
+  the envelope and a request id, and is logged with that id; the server goes on.
+  Starlette answers through `internal_error` and then raises the exception
+  again for the server to log: here it has been logged already, so it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+
+from compositor.errors import ApiCode
+from compositor.mirror.models import ApiError
+
+log = logging.getLogger("compositor.mirror")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+App = Callable[[Scope, Receive, Send], Any]
+
+
+async def read_json(request: Request) -> object:
+    """The request's JSON body (None when empty). Anything that is not JSON,
+    or that Python will not hold (integers over 4,300 digits, nesting deeper
+    than the interpreter's stack), is a 1003 on `body`."""
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw else None
+    except UnicodeDecodeError:
+        raise ApiError(ApiCode.PARAMETER_ERROR, "body: is not UTF-8 text") from None
+    except RecursionError:
+        raise ApiError(ApiCode.PARAMETER_ERROR, "body: is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int()'s digit limit
+        raise ApiError(ApiCode.PARAMETER_ERROR, f"body: is not valid JSON: {str(exc)[:200]}") from None
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"body: larger than the limit of {limit} bytes")
+
+
+async def send_envelope(send: Send, status: int, code: int, msg: str, data: Any = None) -> None:
+    content: dict[str, Any] = {"code": code, "msg": msg}
+    if data is not None:
+        content["data"] = data
+    body = json.dumps(content).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    def __init__(self, app: App, limit_for: Callable[[str], int]) -> None:
+        self.app = app
+        self.limit_for = limit_for
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope.get("path", ""))
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await send_envelope(send, 413, 1003, str(BodyTooLarge(limit)))
+            return
+        received = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return dict(message)
+
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except BodyTooLarge as exc:
+            if not started:
+                await send_envelope(send, 413, 1003, str(exc))
+
+
+class ErrorEnvelope:
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if not started:
+                request_id = log_failure(scope.get("method"), scope.get("path"), exc)
+                await send_envelope(send, 500, 1206, *internal_error_message(request_id))
+
+
+def log_failure(method: object, path: object, exc: BaseException) -> str:
+    """Log an unexpected failure under a new request id, and return the id."""
+    request_id = secrets.token_hex(8)
+    log.error("request %s: %s %s failed", request_id, method, path, exc_info=exc)
+    return request_id
+
+
+def internal_error_message(request_id: str) -> tuple[str, dict[str, str]]:
+    return f"internal error (request id {request_id})", {"request_id": request_id}

@@ -1,0 +1,171 @@
+"""Render processes that outlive each other's deaths.
+
+`concurrent.futures.ProcessPoolExecutor` breaks for good when one worker
+dies (kill -9, the OOM killer): every task in flight fails, and so does every
+later `submit`. Here each worker process is owned by one thread of the
+parent that hands it one task at a time, so a death costs exactly the task
+that worker held (its future fails with `WorkerDied`), and the thread starts
+a fresh process before taking the next task. The caller decides whether the
+task runs again.
+
+Workers end with the process that started them: each watches its parent and
+exits when it is gone, so a server killed with -9 leaves no orphan renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# How often a worker looks for its parent: the longest an orphan lives.
+PARENT_CHECK_S = 0.5
+
+
+class WorkerDied(Exception):
+    """The process running the task ended before answering (killed, or out of memory)."""
+
+
+class WorkerError(Exception):
+    """The task raised in the worker; the message names the exception."""
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _worker_main(tasks: Connection, parent: int, initializer: Callable[[], None] | None) -> None:
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    if initializer is not None:
+        initializer()
+    while True:
+        try:
+            task = tasks.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        fn, args = task
+        try:
+            answer: tuple[str, Any] = ("ok", fn(*args))
+        except BaseException as exc:  # the parent gets a message, not an unpicklable exception
+            answer = ("raised", f"{type(exc).__name__}: {exc}")
+        tasks.send(answer)
+
+
+_Task = tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
+
+
+class WorkerPool:
+    """`workers` processes, each started at once and again after it dies.
+
+    `submit(fn, *args)` queues a call of a module-level function with
+    picklable arguments and returns its `Future`."""
+
+    def __init__(self, workers: int, *, name: str = "render", initializer: Callable[[], None] | None = None) -> None:
+        self._context = multiprocessing.get_context("spawn")  # the server has threads: fork would copy them
+        self._initializer = initializer
+        self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
+        self._closed = False
+        self._processes: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.deaths = 0
+        self._threads = [
+            threading.Thread(target=self._own_worker, args=(index,), name=f"{name}-{index}", daemon=True)
+            for index in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes alive now (for tests and the soak benchmark)."""
+        return sorted(p.pid for p in list(self._processes.values()) if p.pid is not None and p.is_alive())
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("the pool is shut down")
+        future: Future[Any] = Future()
+        self._tasks.put((fn, args, future))
+        return future
+
+    def shutdown(self) -> None:
+        self._closed = True
+        for _ in self._threads:
+            self._tasks.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for process in list(self._processes.values()):  # still rendering: the server is going away
+            process.kill()
+
+    def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(
+            target=_worker_main, args=(theirs, os.getpid(), self._initializer), name="compositor-worker", daemon=True
+        )
+        process.start()
+        theirs.close()
+        return process, ours
+
+    def _own_worker(self, index: int) -> None:
+        process, conn = self._start_or_wait()
+        self._processes[index] = process
+        try:
+            while (task := self._tasks.get()) is not None:
+                fn, args, future = task
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    conn.send((fn, args))
+                    kind, value = conn.recv()
+                except (EOFError, OSError):
+                    process.join(timeout=5)
+                    self.deaths += 1
+                    log.warning("render worker %d ended (exit code %s); starting another", index, process.exitcode)
+                    future.set_exception(
+                        WorkerDied("the render process ended before it finished (killed, or out of memory)")
+                    )
+                    conn.close()
+                    process, conn = self._start_or_wait()
+                    self._processes[index] = process
+                    continue
+                if kind == "ok":
+                    future.set_result(value)
+                else:
+                    future.set_exception(WorkerError(value))
+        finally:
+            self._processes.pop(index, None)
+            self._stop(process, conn)
+
+    def _start_or_wait(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        """A fresh worker; if one cannot be started (no memory, no pids), try again with backoff."""
+        delay = 0.5
+        while True:
+            try:
+                return self._start()
+            except OSError as exc:
+                log.error("cannot start a render worker (%s); trying again in %.0f s", exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    @staticmethod
+    def _stop(process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
+        with contextlib.suppress(OSError):
+            conn.send(None)
+        conn.close()
+        process.join(timeout=3)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=3)
