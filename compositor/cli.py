@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -57,6 +58,11 @@ def run() -> NoReturn:
 
 
 def _dispatch(argv: list[str] | None) -> tuple[int, str]:
+    # A field name in a body may be any string, lone surrogates included:
+    # what cannot be printed as it is, is printed escaped, never a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     _prefer_plain_pages()
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -123,6 +129,20 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-file-root", action="append", type=Path, help="a folder file:// sources may read")
     serve.add_argument("--public-url", help="base URL in result links (default http://HOST:PORT)")
     serve.add_argument("--config", type=Path, help="TOML config file ($COMPOSITOR_CONFIG)")
+    serve.add_argument(
+        "--memory-budget",
+        type=float,
+        metavar="MB",
+        help="memory one job or preview may take; over it the job fails (default 2048; 0: no limit)",
+    )
+    serve.add_argument(
+        "--allow-private-networks",
+        choices=("true", "false"),
+        help="may sources and webhooks reach loopback and private addresses (default: only on a loopback bind)",
+    )
+    serve.add_argument(
+        "--page-host", action="append", metavar="NAME", help="a host name the preview page answers on, beside loopback"
+    )
     serve.set_defaults(handler=_serve)
 
     submit = commands.add_parser("submit", help="send a body to the mirror or upstream, wait, download the result")
@@ -171,22 +191,46 @@ def _limits(args: argparse.Namespace) -> Any:
     )
 
 
+# A body is a few hundred bytes; data: URIs can make it megabytes. Past this
+# it is not a body (and /dev/zero on stdin is not read until memory runs out).
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
 def _read_body(source: str) -> tuple[object, Path]:
-    """The parsed body and the folder its relative paths resolve against."""
+    """The parsed body and the folder its relative paths resolve against.
+    Only a regular file or standard input is read, and at most MAX_BODY_BYTES."""
     try:
         if source == "-":
-            text = sys.stdin.read()
+            chunk = getattr(sys.stdin, "buffer", sys.stdin).read(MAX_BODY_BYTES + 1)
+            raw = chunk.encode("utf-8", "surrogateescape") if isinstance(chunk, str) else chunk
             base = Path.cwd()
         else:
             path = Path(source)
-            text = path.read_text(encoding="utf-8")
+            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                os.close(descriptor)
+                raise OSError(f"cannot read {source}: not a regular file")
+            with os.fdopen(descriptor, "rb") as file:
+                raw = file.read(MAX_BODY_BYTES + 1)
             base = path.resolve().parent
     except OSError as exc:
-        raise OSError(f"cannot read {source}: {exc.strerror or exc}") from None
+        if exc.strerror is None:
+            raise
+        raise OSError(f"cannot read {source}: {exc.strerror}") from None
+    except ValueError as exc:  # a NUL in the name
+        raise OSError(f"cannot read {source!r}: {exc}") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise BodyError(f"is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("is not UTF-8 text") from None
     try:
         return json.loads(text), base
-    except json.JSONDecodeError as exc:
-        raise BodyError(f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and int()'s digit limit
+        raise BodyError(f"is not valid JSON: {str(exc)[:200]}") from None
 
 
 def _load_body(source: str, *, as_json: bool = True) -> tuple[object, Path] | int:
@@ -289,6 +333,9 @@ def _render(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"compositor: cannot write {output}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    except MemoryError:
+        print("compositor: out of memory (try --low-memory, or smaller sizes)", file=sys.stderr)
+        return EXIT_UNUSABLE
     if args.timings:
         stages = " ".join(f"{name}={seconds:.3f}s" for name, seconds in timings.seconds.items())
         # Stages overlap (a layer resizes while another decodes): the wall time is not their sum.
@@ -332,9 +379,13 @@ def _opened_output(output: str) -> Iterator[IO[bytes]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import socket
+
     import uvicorn
 
     from compositor.mirror import config
+    from compositor.mirror.lock import DataDirInUseError
+    from compositor.mirror.models import StoreError
     from compositor.mirror.responses import create_app
     from compositor.mirror.service import Mirror
 
@@ -348,34 +399,75 @@ def _serve(args: argparse.Namespace) -> int:
         "allow_file_root": args.allow_file_root,
         "public_url": args.public_url,
         "config": args.config,
+        "memory_budget_mb": args.memory_budget,
+        "allow_private_networks": args.allow_private_networks,
+        "page_host": args.page_host,
     }
     try:
         served = config.load(flags)
-    except (config.ConfigError, OSError) as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
+    except (config.ConfigError, OSError, ValueError) as exc:
+        print(f"compositor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
-    base = served.settings.public_base_url
-    print(f"compositor mirror on {base}  (data in {served.settings.data_dir}, {served.settings.workers} workers)")
-    print(f"  docs: {base}/docs")
-    for client in served.settings.clients:
-        origin = "development client" if client is served.development_client else "client"
-        print(f"  {origin} {client.client_id}: x-api-key {client.client_secret}")
-    first = served.settings.clients[0]
-    example = config.example_request(served.settings.data_dir) if served.development_client else None
-    endpoint = f"{base}/api/open/v3/content/image/bg/replace"
-    if example is not None:
-        print(f"  try: curl -s -X POST {endpoint} -H 'x-api-key: {first.client_secret}'"
-              f" -H 'content-type: application/json' -d @{example}")  # fmt: skip
-        print(f"  then: curl -s '{base}/api/open/v3/content/image/infobymodelid?image_model_id=ID'"
-              f" -H 'x-api-key: {first.client_secret}'")  # fmt: skip
-    print(f"  or: .venv/bin/compositor submit BODY.json --base-url {base} --api-key {first.client_secret} -o out.png")
-    sys.stdout.flush()
-    app = create_app(Mirror(served.settings))
-    uvicorn.run(app, host=served.host, port=served.port, log_level="warning")
+    # The port before anything is printed or touched: one line if it is taken.
+    try:
+        listener = socket.create_server(
+            (served.host, served.port), family=socket.AF_INET6 if ":" in served.host else socket.AF_INET
+        )
+    except OSError as exc:
+        print(
+            f"compositor: cannot listen on {served.host}:{served.port} ({os.strerror(exc.errno or 0)}):"
+            " choose another port with --port N or COMPOSITOR_PORT=N",
+            file=sys.stderr,
+        )
+        return EXIT_UNUSABLE
+    try:
+        mirror = Mirror(served.settings)
+    except (DataDirInUseError, StoreError, OSError) as exc:
+        listener.close()
+        print(f"compositor: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    _print_banner(served)
+    server = uvicorn.Server(uvicorn.Config(create_app(mirror), log_level="warning"))
+    server.run(sockets=[listener])
     return EXIT_OK
 
 
+def _print_banner(served: Any) -> None:
+    """What to do next. A secret is printed only once, when it is made: after
+    that the banner points at the file that holds it."""
+    from compositor.mirror import config
+
+    settings = served.settings
+    base = settings.public_base_url
+    print(f"compositor mirror on {base}  (data in {settings.data_dir}, {settings.workers} workers)")
+    print(f"  docs: {base}/docs   page: {base}/")
+    for client in settings.clients:
+        if client is served.development_client:
+            header = config.key_header_file(settings.data_dir)
+            shown = f"x-api-key {client.client_secret}" if served.development_client_is_new else f"key in {header}"
+            print(f"  development client {client.client_id}: {shown}")
+        else:
+            print(f"  client {client.client_id}")
+    if served.development_client is None:
+        print(f"  or: .venv/bin/compositor submit BODY.json --base-url {base} --api-key YOUR_KEY -o out.png")
+        sys.stdout.flush()
+        return
+    header = config.key_header_file(settings.data_dir)
+    example = config.example_request(settings.data_dir)
+    endpoint = f"{base}/api/open/v3/content/image/bg/replace"
+    if example is not None:
+        print(f"  try: curl -s -X POST {endpoint} -H @{header} -H 'content-type: application/json' -d @{example}")
+        print(f"  then: curl -s '{base}/api/open/v3/content/image/infobymodelid?image_model_id=ID' -H @{header}")
+    sys.stdout.flush()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _submit(args: argparse.Namespace) -> int:
+    import httpx
+
     from compositor.client import ApiCallError, BackgroundChangeClient
 
     loaded = _load_body(args.request)
@@ -395,8 +487,8 @@ def _submit(args: argparse.Namespace) -> int:
     except ApiCallError as exc:
         print(json.dumps(exc.envelope))
         return EXIT_INVALID if exc.code == 1003 else EXIT_UNUSABLE
-    except (OSError, TimeoutError) as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
+    except (OSError, TimeoutError, ValueError, httpx.HTTPError) as exc:
+        print(f"compositor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
     print(f"{job['_id']}: status {job['image_status']}, saved {args.output}", file=sys.stderr)
     return EXIT_OK

@@ -5,12 +5,9 @@ polls with backoff until the job completes or fails, and downloads the result.
 
 from __future__ import annotations
 
-import base64
-import mimetypes
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -19,6 +16,7 @@ from compositor.request import validate
 SUBMIT_PATH = "/api/open/v3/content/image/bg/replace"
 INFO_PATH = "/api/open/v3/content/image/infobymodelid"
 TOKEN_PATH = "/api/open/v3/getToken"
+UPLOAD_PATH = "/uploads"  # the mirror's own, for local files
 
 
 class ApiCallError(Exception):
@@ -63,7 +61,30 @@ class BackgroundChangeClient:
         report = validate(body)
         if not report.ok:
             raise ApiCallError(report.envelope())
-        return self._call("POST", SUBMIT_PATH, json=inline_local_sources(body, base_dir))
+        sent = dict(body)
+        for name, (data, kind) in local_sources(body, base_dir).items():
+            sent[name] = self._upload(name, data, kind)
+        return self._call("POST", SUBMIT_PATH, json=sent)
+
+    def _upload(self, name: str, data: bytes, kind: str) -> str:
+        """A local image put on the mirror (its /uploads); the URL to use in
+        the body. Upstream has no such endpoint: it wants http(s) URLs."""
+        response = self._http.post(
+            self.base_url + UPLOAD_PATH, content=data, headers={**self._headers, "content-type": kind}
+        )
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {}
+        if answer.get("code") != 1000:
+            raise ApiCallError(
+                {
+                    "code": answer.get("code", 1003),
+                    "msg": f"{name}: a local file can only be sent to the mirror, which failed to take it"
+                    f" ({answer.get('msg', f'HTTP {response.status_code}')}); upstream needs an http(s) URL",
+                }
+            )
+        return str(answer["data"]["url"])
 
     def status(self, job_id: str) -> dict[str, Any]:
         return self._call("GET", INFO_PATH, params={"image_model_id": job_id})
@@ -101,17 +122,25 @@ class BackgroundChangeClient:
         return dict(answer["data"])
 
 
-def inline_local_sources(body: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
-    """Local paths and file:// URLs become data: URIs, since the server cannot
-    read this machine's files (upstream wants URLs: give it http(s) ones)."""
-    sent = dict(body)
+def local_sources(body: dict[str, Any], base_dir: Path | None) -> dict[str, tuple[bytes, str]]:
+    """The body's sources that are local files (paths, file:// URLs), read:
+    field name to (bytes, MIME type). Only a regular file that is an image
+    is read: a body naming ~/.ssh/id_rsa must not send it anywhere. Raises
+    ValueError naming the field otherwise."""
+    from compositor.errors import SourceError
+    from compositor.sources import SourcePolicy, read_source, sniff_type
+
+    found = {}
     for name in ("origin_img", "template_url"):
-        value = sent.get(name)
+        value = body.get(name)
         if not isinstance(value, str) or not value or value.startswith(("http://", "https://", "data:")):
             continue
-        path = Path(unquote(urlsplit(value).path)) if value.startswith("file:") else Path(value)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        sent[name] = f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode()}"
-    return sent
+        try:
+            data = read_source(value, name, SourcePolicy(base_dir=base_dir, allow_http=False))
+        except SourceError as exc:
+            raise ValueError(str(exc)) from None
+        kind = sniff_type(data)
+        if not kind.startswith("image/"):
+            raise ValueError(f"{name}: is not a PNG, JPEG, WebP or GIF image, so it is not sent")
+        found[name] = (data, kind)
+    return found
