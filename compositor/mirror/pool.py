@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # How often a worker looks for its parent: the longest an orphan lives.
 PARENT_CHECK_S = 0.5
+DIED = "the render process ended before it finished (killed, or out of memory)"
 
 
 class WorkerDied(Exception):
@@ -127,19 +128,14 @@ class WorkerPool:
                 fn, args, future = task
                 if not future.set_running_or_notify_cancel():
                     continue
+                if not process.is_alive():  # it died while idle: the task has not started, no one's fault
+                    process, conn = self._replace(index, process, conn)
                 try:
                     conn.send((fn, args))
                     kind, value = conn.recv()
                 except (EOFError, OSError):
-                    process.join(timeout=5)
-                    self.deaths += 1
-                    log.warning("render worker %d ended (exit code %s); starting another", index, process.exitcode)
-                    future.set_exception(
-                        WorkerDied("the render process ended before it finished (killed, or out of memory)")
-                    )
-                    conn.close()
-                    process, conn = self._start_or_wait()
-                    self._processes[index] = process
+                    process, conn = self._replace(index, process, conn)
+                    future.set_exception(WorkerDied(DIED))
                     continue
                 if kind == "ok":
                     future.set_result(value)
@@ -148,6 +144,18 @@ class WorkerPool:
         finally:
             self._processes.pop(index, None)
             self._stop(process, conn)
+
+    def _replace(
+        self, index: int, process: multiprocessing.process.BaseProcess, conn: Connection
+    ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        """A fresh process in place of one that ended."""
+        process.join(timeout=5)
+        conn.close()
+        self.deaths += 1
+        log.warning("render worker %d ended (exit code %s); starting another", index, process.exitcode)
+        process, conn = self._start_or_wait()
+        self._processes[index] = process
+        return process, conn
 
     def _start_or_wait(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         """A fresh worker; if one cannot be started (no memory, no pids), try again with backoff."""
