@@ -187,7 +187,8 @@ class Mirror:
                 log.exception("the dispatcher failed; trying again in %.1f s", delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_S[1])
-            self._wake.wait(timeout=max(0.05, min(1.0, self._paused_until - time.monotonic())))
+            paused = self._paused_until - time.monotonic()
+            self._wake.wait(timeout=min(1.0, paused) if paused > 0 else 1.0)
             self._wake.clear()
 
     def _claim(self) -> None:
