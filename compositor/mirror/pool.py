@@ -15,6 +15,7 @@ exits when it is gone, so a server killed with -9 leaves no orphan renders.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -48,7 +49,15 @@ def _watch_parent(parent: int) -> None:
             os._exit(1)
 
 
-def _worker_main(tasks: Connection, parent: int, initializer: Callable[[], None] | None) -> None:
+def _name_process(name: str) -> None:
+    """The name `ps` and /proc/PID/comm show (15 bytes at most), so an
+    operator can tell render workers from preview workers; Linux only."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
+
+
+def _worker_main(tasks: Connection, parent: int, name: str, initializer: Callable[[], None] | None) -> None:
+    _name_process(f"{name}-worker")
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
     if initializer is not None:
         initializer()
@@ -79,6 +88,7 @@ class WorkerPool:
     def __init__(self, workers: int, *, name: str = "render", initializer: Callable[[], None] | None = None) -> None:
         self._context = multiprocessing.get_context("spawn")  # the server has threads: fork would copy them
         self._initializer = initializer
+        self._name = name
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._closed = False
         self._processes: dict[int, multiprocessing.process.BaseProcess] = {}
@@ -114,7 +124,10 @@ class WorkerPool:
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=_worker_main, args=(theirs, os.getpid(), self._initializer), name="compositor-worker", daemon=True
+            target=_worker_main,
+            args=(theirs, os.getpid(), self._name, self._initializer),
+            name="compositor-worker",
+            daemon=True,
         )
         process.start()
         theirs.close()
