@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -188,6 +189,7 @@ CREATE TABLE IF NOT EXISTS webhooks (
     job_id TEXT NOT NULL,
     client_id TEXT NOT NULL,
     url TEXT NOT NULL,
+    receiver TEXT NOT NULL,
     status INTEGER NOT NULL,
     result_url TEXT,
     state TEXT NOT NULL DEFAULT 'pending',
@@ -234,6 +236,7 @@ class Notice:
     job_id: str
     client_id: str
     url: str
+    receiver: str
     status: int
     result_url: str | None
     attempts: int
@@ -383,17 +386,18 @@ class JobStore:
         return [row["result_path"] for row in rows if row["result_path"]]
 
     # --- the webhook outbox ---------------------------------------------------
-    def due_notices(self, now_ms: int, exclude: set[int], limit: int) -> list[Notice]:
+    def due_notices(self, now_ms: int, busy: set[str], limit: int) -> list[Notice]:
         """Pending notices that are due, each the oldest still pending for its
-        job (so a job's notices go out in order), oldest first."""
+        job (so a job's notices go out in order), oldest first, none for a
+        receiver in `busy` (so a slow receiver's backlog never hides the others')."""
+        marks = ",".join("?" * len(busy))
         rows = self._read(
             "SELECT * FROM webhooks AS w WHERE state = 'pending' AND due_ms <= ?"
-            " AND NOT EXISTS (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id"
-            " AND e.state = 'pending' AND e.id < w.id) ORDER BY id LIMIT ?",
-            (now_ms, limit + len(exclude)),
+            f" AND receiver NOT IN ({marks}) AND NOT EXISTS (SELECT 1 FROM webhooks AS e"
+            " WHERE e.job_id = w.job_id AND e.state = 'pending' AND e.id < w.id) ORDER BY id LIMIT ?",
+            (now_ms, *sorted(busy), limit),
         )
-        notices = [_notice(row) for row in rows if row["id"] not in exclude]
-        return notices[:limit]
+        return [_notice(row) for row in rows]
 
     def next_notice_due(self) -> int | None:
         rows = self._read("SELECT MIN(due_ms) AS due FROM webhooks WHERE state = 'pending'")
@@ -430,9 +434,27 @@ def _queue_notice(db: sqlite3.Connection, job: Job, status: int) -> None:
     ):
         return  # a job run again is no news to the receiver
     db.execute(
-        "INSERT INTO webhooks (job_id, client_id, url, status, result_url, due_ms) VALUES (?, ?, ?, ?, ?, ?)",
-        (job.id, job.client_id, url, status, job.image_url if status == COMPLETED else None, _now_ms()),
+        "INSERT INTO webhooks (job_id, client_id, url, receiver, status, result_url, due_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            job.id,
+            job.client_id,
+            url,
+            receiver_of(url),
+            status,
+            job.image_url if status == COMPLETED else None,
+            _now_ms(),
+        ),
     )
+
+
+def receiver_of(url: str) -> str:
+    """Who answers a webhook URL (its host and port): deliveries are limited per receiver."""
+    parts = urlsplit(url)
+    try:
+        return f"{parts.hostname}:{parts.port}"
+    except ValueError:
+        return url
 
 
 def _notice(row: sqlite3.Row) -> Notice:
@@ -441,6 +463,7 @@ def _notice(row: sqlite3.Row) -> Notice:
         job_id=row["job_id"],
         client_id=row["client_id"],
         url=row["url"],
+        receiver=row["receiver"],
         status=row["status"],
         result_url=row["result_url"],
         attempts=row["attempts"],

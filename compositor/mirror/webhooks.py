@@ -18,10 +18,10 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -121,25 +121,29 @@ class WebhookOutbox:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        in_flight: dict[int, str] = {}  # notice id: receiver
+        in_flight: dict[int, str] = {}  # notice id: its receiver
         tasks: set[asyncio.Task[None]] = set()
         delay = 0.5
         async with new_client() as client:
             while not self._stopped:
                 self._wake.clear()
+                per_receiver = Counter(in_flight.values())
+                busy = {receiver for receiver, count in per_receiver.items() if count >= self.retry.per_host}
+                free = self.retry.concurrency - len(in_flight)
+                due: list[Notice] = []
                 try:
-                    free = self.retry.concurrency - len(in_flight)
-                    due = await asyncio.to_thread(self._store.due_notices, _now_ms(), set(in_flight), max(free, 0))
+                    if free > 0:
+                        due = await asyncio.to_thread(self._store.due_notices, _now_ms(), busy, free)
                     delay = 0.5
                 except StoreError as exc:
                     log.error("webhooks: the job store failed (%s); trying again in %.1f s", exc.reason, delay)
-                    due, delay = [], min(delay * 2, 30.0)
                     await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
                 for notice in due:
-                    receiver = _receiver(notice.url)
-                    if list(in_flight.values()).count(receiver) >= self.retry.per_host:
+                    if notice.id in in_flight or per_receiver[notice.receiver] >= self.retry.per_host:
                         continue
-                    in_flight[notice.id] = receiver
+                    per_receiver[notice.receiver] += 1
+                    in_flight[notice.id] = notice.receiver
                     task = asyncio.create_task(self._deliver(client, notice))
                     tasks.add(task)
                     task.add_done_callback(functools.partial(self._delivered, tasks, in_flight, notice.id))
@@ -189,14 +193,6 @@ class WebhookOutbox:
             )
         except StoreError as exc:  # it stays pending as it was: sent again later, at least once
             log.error("webhooks: cannot record a delivery (%s)", exc.reason)
-
-
-def _receiver(url: str) -> str:
-    parts = urlsplit(url)
-    try:
-        return f"{parts.hostname}:{parts.port}"
-    except ValueError:
-        return url
 
 
 def _now_ms() -> int:

@@ -1,0 +1,63 @@
+"""The webhook outbox in the job store: notices written with the state
+change that owes them, in order per job, and never hidden behind a busy
+receiver's backlog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compositor.mirror.models import COMPLETED, PROCESSING, Client, JobStore
+
+CLIENT = Client("alpha", "a" * 32)
+
+
+def job_with_hook(store: JobStore, url: str) -> str:
+    job = store.create(CLIENT, {"canvas_size": "8x8", "webhookUrl": url})
+    return job.id
+
+
+def test_each_state_change_queues_its_notice_in_the_same_store(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_id = job_with_hook(store, "http://receiver.example/hook")
+    claimed = store.claim_next()
+    assert claimed is not None and claimed.id == job_id
+    store.complete(job_id, "r.png", "http://mirror/results/r.png")
+    notices = store.notices(job_id)
+    assert [n["status"] for n in notices] == [PROCESSING, COMPLETED]
+    assert notices[1]["result_url"] == "http://mirror/results/r.png"
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3")  # a restart keeps what is owed
+    assert [n["state"] for n in reopened.notices(job_id)] == ["pending", "pending"]
+
+
+def test_a_jobs_later_notice_waits_for_its_earlier_one(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_id = job_with_hook(store, "http://receiver.example/hook")
+    store.claim_next()
+    store.complete(job_id, "r.png", "u")
+    first = store.due_notices(10**15, set(), 10)
+    assert [n.status for n in first] == [PROCESSING]
+    store.notice_attempted(first[0].id, delivered=False, http_status=503, error="HTTP 503", retry_at_ms=10**15 + 5)
+    assert store.due_notices(10**15, set(), 10) == []  # the failed one is not due yet, and the next waits for it
+    store.notice_attempted(first[0].id, delivered=True, http_status=200, error=None, retry_at_ms=None)
+    assert [n.status for n in store.due_notices(10**15, set(), 10)] == [COMPLETED]
+
+
+def test_a_busy_receivers_backlog_does_not_hide_another_receivers_notice(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for _ in range(40):
+        job_with_hook(store, "http://slow.example:8000/hook")
+        store.claim_next()
+    fast = job_with_hook(store, "http://fast.example/hook")
+    store.claim_next()
+    due = store.due_notices(10**15, {"slow.example:8000"}, 5)
+    assert [n.job_id for n in due] == [fast]
+
+
+def test_a_retried_job_does_not_notify_processing_twice(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_id = job_with_hook(store, "http://receiver.example/hook")
+    store.claim_next()
+    store.requeue(job_id)
+    store.claim_next()
+    assert [n["status"] for n in store.notices(job_id)] == [PROCESSING]
