@@ -17,9 +17,11 @@ map which ports of a host are open.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import socket
 import zlib
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,11 +173,23 @@ def get_bytes(url: str, policy: OutboundPolicy) -> bytes:
             return await _get(url, policy)
 
     try:
-        return asyncio.run(bounded())
+        return _run_to_end(bounded)
     except OutboundError:
         raise
     except (TimeoutError, httpx.HTTPError, OSError, ValueError):
         raise OutboundError(policy.failure) from None
+
+
+def _run_to_end(make: Callable[[], Coroutine[Any, Any, bytes]]) -> bytes:
+    """Run a coroutine to its end from synchronous code, also when the caller's
+    thread already runs an event loop (an async app calling `render`, a
+    notebook), where asyncio.run refuses: then on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, make()).result()
 
 
 async def post_json(client: httpx.AsyncClient, url: str, payload: Any, policy: OutboundPolicy) -> int:

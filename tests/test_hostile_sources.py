@@ -212,3 +212,14 @@ def test_sixteen_bit_sources_convert_without_an_int64_copy() -> None:
     assert image.getpixel((0, 0)) == (255, 255, 255)
     # 8 MB of 16-bit pixels: an int64 copy alone would be 32 MB.
     assert peak < 30 * 1024 * 1024, peak
+
+
+def test_an_http_source_is_read_from_inside_a_running_event_loop(raw_server) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    server = raw_server([(answer(png_bytes(Image.new("RGB", (3, 2)))), 0.0)])
+
+    async def inside() -> tuple[int, int]:  # as an async app (or Playwright's sync API) would call it
+        return load_image(server.url, "origin_img", SourcePolicy()).size
+
+    assert asyncio.run(inside()) == (3, 2)

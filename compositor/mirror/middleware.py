@@ -3,7 +3,7 @@ every path, known or not:
 
 - `BodyLimit`: a request body over its cap is refused with 413 before it is
   read whole: at once when Content-Length says so, else as soon as the bytes
-  received pass the cap.
+  received pass the cap (`BodyTooLarge`, which the app answers).
 - `ErrorEnvelope`: an exception nothing else handled becomes HTTP 500 with
   the envelope and a request id, and is logged with that id; the server goes on.
   Starlette answers through `internal_error` and then raises the exception
@@ -87,18 +87,8 @@ class BodyLimit:
                     raise BodyTooLarge(limit)
             return dict(message)
 
-        started = False
-
-        async def tracked(message: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, tracked)
-        except BodyTooLarge as exc:
-            if not started:
-                await send_envelope(send, 413, 1003, str(exc))
+        # The BodyTooLarge raised here is answered by the app's handler for it.
+        await self.app(scope, counted, send)
 
 
 class ErrorEnvelope:

@@ -458,16 +458,7 @@ def receiver_of(url: str) -> str:
 
 
 def _notice(row: sqlite3.Row) -> Notice:
-    return Notice(
-        id=row["id"],
-        job_id=row["job_id"],
-        client_id=row["client_id"],
-        url=row["url"],
-        receiver=row["receiver"],
-        status=row["status"],
-        result_url=row["result_url"],
-        attempts=row["attempts"],
-    )
+    return Notice(**{name: row[name] for name in Notice.__dataclass_fields__})
 
 
 def _job(row: sqlite3.Row) -> Job:
