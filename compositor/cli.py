@@ -404,7 +404,7 @@ def _serve(args: argparse.Namespace) -> int:
     }
     try:
         served = config.load(flags)
-    except (config.ConfigError, OSError, ValueError) as exc:
+    except (config.ConfigError, OSError, ValueError, TypeError, AttributeError) as exc:
         print(f"compositor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
     # The port before anything is printed or touched: one line if it is taken.
@@ -493,14 +493,14 @@ def _submit(args: argparse.Namespace) -> int:
     if not args.api_key and not args.token:
         print("compositor: --api-key or --token is required", file=sys.stderr)
         return EXIT_UNUSABLE
-    client = BackgroundChangeClient(args.base_url, api_key=args.api_key, token=args.token)
     try:
+        client = BackgroundChangeClient(args.base_url, api_key=args.api_key, token=args.token)
         job = client.run(body, base_dir=base, timeout=args.timeout)
         client.download(job, Path(args.output))
     except ApiCallError as exc:
         print(json.dumps(exc.envelope))
         return EXIT_INVALID if exc.code == 1003 else EXIT_UNUSABLE
-    except (OSError, TimeoutError, ValueError, httpx.HTTPError) as exc:
+    except (OSError, TimeoutError, ValueError, httpx.HTTPError, httpx.InvalidURL) as exc:
         print(f"compositor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
     print(f"{job['_id']}: status {job['image_status']}, saved {args.output}", file=sys.stderr)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from compositor.budget import MemoryBudget, canvas_bytes
+from compositor.budget import MemoryBudget, canvas_bytes, removal_bytes
 from compositor.geometry import Placement, Size, clip_rows, clip_to_canvas, split_rows
 from compositor.raster import new_canvas, place, resize_visible, unpremultiply
 from compositor.removebg import RemovalOptions, remove_background
@@ -178,6 +178,8 @@ def _prepared_foreground(
     with timings.stage("decode"):
         foreground = load_image(request.foreground.source, "origin_img", options.sources, budget)
     if request.remove_bg:
+        if budget is not None:
+            budget.reserve(removal_bytes(*foreground.size), "removeBg")
         with timings.stage("remove_bg"):
             foreground = remove_background(foreground, options.removal)
     return foreground

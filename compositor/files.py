@@ -15,8 +15,15 @@ def atomic_file(target: Path) -> Iterator[IO[bytes]]:
     """A file to write that becomes `target` only if the block ends without
     an error: it is written beside `target` and renamed over it, so a failed
     write never leaves half a file, nor damages one that was there. The file
-    gets the usual umask-based mode (NamedTemporaryFile alone makes 0600)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    gets the usual umask-based mode (NamedTemporaryFile alone makes 0600).
+
+    The folder must exist (a typo in it is an error, not a new folder). A
+    target that exists and is not a regular file (/dev/null, a FIFO) is
+    written into as it is: renaming over it would replace the device."""
+    if target.exists() and not target.is_file() and not target.is_dir():
+        with target.open("wb") as special:
+            yield special
+        return
     partial_name = ""
     try:
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:

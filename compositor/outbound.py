@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 _REDIRECTS = (301, 302, 303, 307, 308)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
 
 
@@ -62,8 +63,13 @@ class OutboundPolicy:
 def is_refused_address(address: str) -> bool:
     """Whether an address is anything but a global unicast one."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 inside IPv6 (mapped, 6to4, NAT64) is judged as the IPv4 address it reaches.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            ip = embedded
     return not ip.is_global or ip.is_multicast
 
 
@@ -176,7 +182,7 @@ def get_bytes(url: str, policy: OutboundPolicy) -> bytes:
         return _run_to_end(bounded)
     except OutboundError:
         raise
-    except (TimeoutError, httpx.HTTPError, OSError, ValueError):
+    except Exception:  # timeouts, transport errors, and what a malformed URL makes httpx raise
         raise OutboundError(policy.failure) from None
 
 
@@ -202,7 +208,7 @@ async def post_json(client: httpx.AsyncClient, url: str, payload: Any, policy: O
             return response.status_code
     except OutboundError:
         raise
-    except (TimeoutError, httpx.HTTPError, OSError, ValueError):
+    except Exception:  # timeouts, transport errors, and what a malformed URL makes httpx raise
         raise OutboundError(policy.failure) from None
 
 

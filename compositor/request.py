@@ -134,6 +134,9 @@ class _Validator:
         if not isinstance(body, dict):
             self.error("body", "must be a JSON object")
             return self.report
+        if _depth(body) > MAX_BODY_DEPTH:
+            self.error("body", f"is nested more than {MAX_BODY_DEPTH} levels deep")
+            return self.report
 
         canvas = self.size(body, "canvas_size", required=True, kind="canvas")
         fg_source = self.source(body, "origin_img", required=True)
@@ -265,7 +268,11 @@ class _Validator:
                 self.warn("webhookUrl", "is marked required by the upstream docs (their examples omit it)")
             return None
         if not isinstance(value, str) or re.match(r"https?://[^/\s]+", value) is None:
-            self.error("webhookUrl", f"must be an http(s) URL, got {value!r}")
+            self.error("webhookUrl", f"must be an http(s) URL, got {value!r}"[:300])
+            return None
+        problem = check_source_reference(value)
+        if problem is not None:
+            self.error("webhookUrl", problem)
             return None
         return value
 
@@ -280,6 +287,27 @@ class _Validator:
         if axis is not None:
             what = "template" if prefix == "overlay_template" else "foreground"
             self.warn(f"{prefix}_{axis}", f"places the {what} wholly outside the {canvas} canvas")
+
+
+# A body is flat: a few levels of nesting in unknown fields are tolerated
+# (and warned about); hundreds are an attack on whoever parses or copies it.
+MAX_BODY_DEPTH = 32
+
+
+def _depth(value: object) -> int:
+    """How deeply `value` nests lists and objects, counted without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            if level > MAX_BODY_DEPTH:
+                return level
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _is_blank(value: object) -> bool:

@@ -58,6 +58,7 @@ def check_source_reference(ref: str) -> str | None:
     try:
         parts = urlsplit(ref)
         host = parts.hostname
+        parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
     except ValueError as exc:  # "[" in the host, a port that is not a number
         return f"is not a valid URL ({exc})"
     if "\0" in ref:
@@ -107,7 +108,7 @@ def decode_image(data: bytes, field: str, *, max_pixels: int, budget: MemoryBudg
                 field, f"is a decompression bomb: {width}x{height} exceeds the limit of {max_pixels} pixels"
             )
         if budget is not None:
-            budget.reserve(decoded_bytes(width, height, image.mode), field)
+            budget.reserve(len(data) + decoded_bytes(width, height, image.mode), field)
         try:
             image.seek(0)
             image.load()

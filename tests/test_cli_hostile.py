@@ -135,3 +135,38 @@ def test_submit_sends_no_local_file_that_is_not_an_image(tmp_path: Path) -> None
     done = cli("submit", str(request), "--base-url", "http://127.0.0.1:9", "--api-key", "k" * 32, "-o", "x.png")
     assert done.returncode == 2
     assert "origin_img: is not a PNG, JPEG, WebP or GIF image" in one_line(done)
+
+
+def test_render_into_dev_null_leaves_the_device_alone(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "fg.png")
+    request = tmp_path / "body.json"
+    request.write_text(json.dumps(minimal_body()))
+    done = cli("render", str(request), "-o", "/dev/null")
+    assert done.returncode == 0
+    assert Path("/dev/null").is_char_device()
+
+
+def test_render_into_a_missing_folder_is_an_error_not_a_new_folder(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "fg.png")
+    request = tmp_path / "body.json"
+    request.write_text(json.dumps(minimal_body()))
+    done = cli("render", str(request), "-o", str(tmp_path / "no-such-folder" / "out.png"))
+    assert done.returncode == 2 and "cannot write" in one_line(done)
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_submit_to_a_malformed_base_url_is_one_line(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "fg.png")
+    request = tmp_path / "body.json"
+    request.write_text(json.dumps(minimal_body()))
+    done = cli(
+        "submit", str(request), "--base-url", "http://[::1", "--api-key", "k" * 32, "-o", str(tmp_path / "x.png")
+    )
+    assert done.returncode == 2 and one_line(done).startswith("compositor:")
+
+
+def test_a_source_url_with_a_bad_port_is_a_field_error(tmp_path: Path) -> None:
+    request = tmp_path / "body.json"
+    request.write_text(json.dumps(minimal_body(origin_img="http://127.0.0.1:abc/x")))
+    done = cli("render", str(request), "-o", str(tmp_path / "x.png"))
+    assert done.returncode == 1 and "origin_img" in one_line(done)

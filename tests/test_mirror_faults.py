@@ -626,3 +626,139 @@ def test_the_development_key_is_shown_once_then_read_from_its_file(tmp_path: Pat
     header = tmp_path / "dev" / "development-client.header"
     assert f"-H @{header}" in outputs[1] and header.read_text().strip() == f"x-api-key: {key}"
     assert header.stat().st_mode & 0o077 == 0
+
+
+# --- what an attacker tried next (each of these broke the mirror once) --------------------------
+
+
+def test_a_deeply_nested_body_is_refused_and_rendering_goes_on(page_server: Server) -> None:
+    deep: Any = []
+    for _ in range(900):
+        deep = [deep]
+    answer = call(page_server, "POST", SUBMIT, json=body(zz=deep))
+    assert answer["code"] == 1003 and answer["data"]["errors"][0]["field"] == "body"
+    preview = httpx.post(
+        page_server.base + "/preview/render",
+        content=json.dumps({"body": body(zz=deep)}),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert preview.json()["code"] == 1003
+    assert wait_for(page_server, submit(page_server))["image_status"] == 3
+
+
+@pytest.mark.parametrize("url", ["http://[abc", "http://127.0.0.1:abc/x", "http://127.0.0.1:99999/x"])
+def test_a_webhook_url_that_does_not_parse_is_1003(page_server: Server, url: str) -> None:
+    answer = call(page_server, "POST", SUBMIT, json=body(webhookUrl=url))
+    assert answer["code"] == 1003 and answer["data"]["errors"][0]["field"] == "webhookUrl"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc/x", "http://127.0.0.1:99999/x"])
+def test_a_source_url_with_a_bad_port_is_a_field_error_everywhere(page_server: Server, url: str) -> None:
+    answer = call(page_server, "POST", SUBMIT, json=body(origin_img=url))
+    assert answer["code"] == 1003 and answer["data"]["errors"][0]["field"] == "origin_img"
+    preview = page_post(page_server, "/preview/render")
+    assert preview.status_code == 200
+
+
+def test_a_long_static_name_is_404(page_server: Server) -> None:
+    answer = httpx.get(page_server.base + "/static/" + "a" * 5000 + ".js")
+    assert answer.status_code == 404 and envelope_of(answer)["code"] == 1003
+
+
+def test_an_upload_on_a_full_disk_is_503_with_the_envelope(tmpfs: Path) -> None:
+    server = start_server(tmpfs / "data", CONFIG)
+    try:
+        filler = fill(tmpfs)
+        png = png_of(Image.effect_noise((64, 64), 40).convert("RGB"))
+        answer = httpx.post(server.base + "/uploads", content=png, headers={"content-type": "image/png"}, timeout=30)
+        assert answer.status_code == 503 and envelope_of(answer)["code"] == 1206
+        filler.unlink()
+        again = httpx.post(server.base + "/uploads", content=png, headers={"content-type": "image/png"}, timeout=30)
+        assert envelope_of(again)["code"] == 1000
+    finally:
+        server.stop()
+
+
+def png_of(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_waiting_uploads_are_refused_before_their_bodies_are_read(tmp_path: Path) -> None:
+    heavy = tmp_path / "heavy.png"
+    Image.effect_noise((3000, 3000), 80).convert("RGB").save(heavy, compress_level=0)  # 27 MB
+    data = heavy.read_bytes()
+    server = start_server(tmp_path / "data", CONFIG)
+    try:
+        before = peak_rss_mb(server.process.pid)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def upload(_: int) -> int:
+            answer = httpx.post(
+                server.base + "/uploads", content=data, headers={"content-type": "image/png"}, timeout=120
+            )
+            return int(answer.json()["code"])
+
+        with ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(upload, range(12)))
+        assert 1000 in codes and 1005 in codes
+        # At most 4 bodies of 27 MB are held at once, not 12 (with what the server parses, under 200 MB).
+        assert peak_rss_mb(server.process.pid) - before < 200
+    finally:
+        server.stop()
+
+
+def test_the_lock_holds_when_its_file_is_deleted(tmp_path: Path) -> None:
+    first = start_server(tmp_path / "data", CONFIG)
+    try:
+        (tmp_path / "data" / "mirror.lock").unlink()
+        argv = [*first.argv[:4], "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+        second = subprocess.run(
+            [*argv, "--config", str(first.data_dir / "mirror.toml")], capture_output=True, text=True, timeout=60
+        )
+        assert second.returncode == 2 and "in use" in second.stderr
+    finally:
+        first.stop()
+
+
+def test_a_removebg_job_over_the_budget_fails_before_it_runs(tmp_path: Path) -> None:
+    Image.effect_noise((500, 500), 60).convert("RGB").resize((5000, 5000)).save(tmp_path / "big.png")
+    server = start_server(
+        tmp_path / "data", CONFIG, "--workers", "1", "--memory-budget", "400", "--allow-file-root", str(tmp_path)
+    )
+    try:
+        job = submit(
+            server, origin_img=(tmp_path / "big.png").as_uri(), removeBg=True, canvas_size="2000x2000",
+            modify_origin_img_size="2000x2000", overlay_origin_x=0, overlay_origin_y=0,
+        )  # fmt: skip
+        done = wait_for(server, job, timeout=120)
+        assert done["image_status"] == 4 and "memory budget of 400 MB" in done["error_reasons"][0]
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("flags", [["--port", "99999"], ["--port", "-1"], ["--memory-budget", "nan"]])
+def test_impossible_settings_are_one_line(tmp_path: Path, flags: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "compositor.cli", "serve", "--data-dir", str(tmp_path / "d"), *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_client_secret_of_the_wrong_type_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[client]]\nid = "a"\nsecret = 1234567890123456\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "compositor.cli", "serve", "--data-dir", str(tmp_path / "d"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "[[client]]" in done.stderr

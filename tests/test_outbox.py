@@ -35,12 +35,12 @@ def test_a_jobs_later_notice_waits_for_its_earlier_one(tmp_path: Path) -> None:
     job_id = job_with_hook(store, "http://receiver.example/hook")
     store.claim_next()
     store.complete(job_id, "r.png", "u")
-    first = store.due_notices(10**15, set(), 10)
+    first = store.due_notices(10**15, set(), limit=10)
     assert [n.status for n in first] == [PROCESSING]
     store.notice_attempted(first[0].id, delivered=False, http_status=503, error="HTTP 503", retry_at_ms=10**15 + 5)
-    assert store.due_notices(10**15, set(), 10) == []  # the failed one is not due yet, and the next waits for it
+    assert store.due_notices(10**15, set(), limit=10) == []  # the failed one is not due yet, and the next waits for it
     store.notice_attempted(first[0].id, delivered=True, http_status=200, error=None, retry_at_ms=None)
-    assert [n.status for n in store.due_notices(10**15, set(), 10)] == [COMPLETED]
+    assert [n.status for n in store.due_notices(10**15, set(), limit=10)] == [COMPLETED]
 
 
 def test_a_busy_receivers_backlog_does_not_hide_another_receivers_notice(tmp_path: Path) -> None:
@@ -50,7 +50,7 @@ def test_a_busy_receivers_backlog_does_not_hide_another_receivers_notice(tmp_pat
         store.claim_next()
     fast = job_with_hook(store, "http://fast.example/hook")
     store.claim_next()
-    due = store.due_notices(10**15, {"slow.example:8000"}, 5)
+    due = store.due_notices(10**15, {"slow.example:8000"}, limit=5)
     assert [n.job_id for n in due] == [fast]
 
 
@@ -61,3 +61,23 @@ def test_a_retried_job_does_not_notify_processing_twice(tmp_path: Path) -> None:
     store.requeue(job_id)
     store.claim_next()
     assert [n["status"] for n in store.notices(job_id)] == [PROCESSING]
+
+
+def test_a_client_at_its_limit_does_not_hide_another_clients_notice(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for port in range(40):  # one client, many receivers: a per-receiver limit alone would not stop it
+        job_with_hook(store, f"http://slow.example:{8000 + port}/hook")
+        store.claim_next()
+    other = Client("beta", "b" * 32)
+    fast = store.create(other, {"canvas_size": "8x8", "webhookUrl": "http://fast.example/hook"}).id
+    store.claim_next()
+    assert [n.job_id for n in store.due_notices(10**15, set(), {"alpha"}, limit=5)] == [fast]
+
+
+def test_a_webhook_url_that_does_not_parse_is_refused_by_validation() -> None:
+    from compositor import validate
+
+    for url in ("http://[abc", "http://127.0.0.1:abc/x", "http://127.0.0.1:99999/x"):
+        report = validate({"canvas_size": "8x8", "origin_img": "a.png", "modify_origin_img_size": "4x4",
+                           "overlay_origin_x": 0, "overlay_origin_y": 0, "webhookUrl": url})  # fmt: skip
+        assert [e.field for e in report.errors] == ["webhookUrl"], url

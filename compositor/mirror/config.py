@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import secrets
 import tomllib
@@ -105,6 +106,10 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     # can call a loopback-bound server, so there they are its user's own.
     allow_private = _flag(pick("allow_private_networks", "COMPOSITOR_ALLOW_PRIVATE_NETWORKS", is_loopback(host)))
     budget_mb = float(pick("memory_budget_mb", "COMPOSITOR_MEMORY_BUDGET_MB", 2048, float))
+    if not math.isfinite(budget_mb) or budget_mb < 0:
+        raise ConfigError(f"the memory budget must be a number of MB, 0 or more, not {budget_mb}")
+    if not 0 < port < 65536:
+        raise ConfigError(f"the port must be from 1 to 65535, not {port}")
     page_hosts = tuple(flags.get("page_host") or file.get("page_hosts", []))
 
     clients = [parse_client(c) for c in flags.get("client") or []]
@@ -122,7 +127,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
                         rate_limit_per_minute=entry.get("rate_limit_per_minute"),
                     )
                 )
-            except (KeyError, ValueError) as exc:
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 raise ConfigError(f"bad [[client]] entry in {config_path}: {exc}") from None
 
     development = None

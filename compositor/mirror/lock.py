@@ -17,17 +17,19 @@ class DataDirInUseError(Exception):
 
 
 class DataDirLock:
+    """The lock is taken on the data dir itself, not on a file in it that a
+    person could delete; `mirror.lock` beside it only says who holds it."""
+
     def __init__(self, data_dir: Path, holder: dict[str, object]) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "mirror.lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
             raise DataDirInUseError(f"the data dir {data_dir} is in use by {_describe(self.path)}") from None
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, json.dumps({**holder, "pid": os.getpid(), "since": int(time.time())}).encode())
+        self.path.write_text(json.dumps({**holder, "pid": os.getpid(), "since": int(time.time())}))
 
     def release(self) -> None:
         if self._fd >= 0:

@@ -386,16 +386,21 @@ class JobStore:
         return [row["result_path"] for row in rows if row["result_path"]]
 
     # --- the webhook outbox ---------------------------------------------------
-    def due_notices(self, now_ms: int, busy: set[str], limit: int) -> list[Notice]:
+    def due_notices(
+        self, now_ms: int, busy_receivers: set[str], busy_clients: set[str] | None = None, limit: int = 32
+    ) -> list[Notice]:
         """Pending notices that are due, each the oldest still pending for its
         job (so a job's notices go out in order), oldest first, none for a
-        receiver in `busy` (so a slow receiver's backlog never hides the others')."""
-        marks = ",".join("?" * len(busy))
+        busy receiver or client (so a slow one's backlog never hides the others')."""
+        busy_clients = busy_clients or set()
+        receivers = ",".join("?" * len(busy_receivers))
+        clients = ",".join("?" * len(busy_clients))
         rows = self._read(
             "SELECT * FROM webhooks AS w WHERE state = 'pending' AND due_ms <= ?"
-            f" AND receiver NOT IN ({marks}) AND NOT EXISTS (SELECT 1 FROM webhooks AS e"
-            " WHERE e.job_id = w.job_id AND e.state = 'pending' AND e.id < w.id) ORDER BY id LIMIT ?",
-            (now_ms, *sorted(busy), limit),
+            f" AND receiver NOT IN ({receivers}) AND client_id NOT IN ({clients}) AND NOT EXISTS"
+            " (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id AND e.state = 'pending' AND e.id < w.id)"
+            " ORDER BY id LIMIT ?",
+            (now_ms, *sorted(busy_receivers), *sorted(busy_clients), limit),
         )
         return [_notice(row) for row in rows]
 

@@ -8,8 +8,13 @@ a client's `x-api-key`, like the API itself."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import ipaddress
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -17,13 +22,11 @@ from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from compositor.errors import ApiCode
-from compositor.files import write_atomically
 from compositor.mirror.middleware import read_json
-from compositor.mirror.models import ApiError
-from compositor.mirror.pool import WorkerDied
+from compositor.mirror.models import ApiError, StoreError, StoreFullError
+from compositor.mirror.pool import WorkerDied, WorkerError
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview
 from compositor.request import validate
@@ -84,12 +87,21 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         if not kind.startswith(content_types):
             raise CrossSiteError(f"wants a body of type {' or '.join(content_types)}, not {kind or 'none'!r}")
 
-    async def on_page_worker(fn: Any, *args: Any) -> Any:
-        """Run a page task on the preview worker, a few at a time."""
+    @contextlib.asynccontextmanager
+    async def page_slot() -> AsyncIterator[None]:
+        """One of the few page tasks that may be under way, taken before the
+        request's body is read, so waiting uploads are not held in memory."""
         if tasks.locked():
             raise ApiError(ApiCode.TOO_FREQUENT, "operation is too frequent: previews are still rendering")
         async with tasks:
+            yield
+
+    async def on_page_worker(fn: Any, *args: Any) -> Any:
+        """Run a page task on the preview worker; a worker that dies or fails is a 1206."""
+        try:
             return await asyncio.wrap_future(mirror.preview(fn, *args))
+        except (WorkerDied, WorkerError) as exc:
+            raise ApiError(ApiCode.BACKGROUND_CHANGE_ERROR, f"the preview failed: {exc}") from None
 
     async def request_body(request: Request) -> object:
         payload = await read_json(request)
@@ -97,14 +109,12 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
 
     async def render_response(request: Request, max_side: int | None) -> Response:
         check_caller(request, ("application/json",))
-        body = await request_body(request)
-        report = validate(body, limits=settings.limits)
-        if not report.ok:
-            return JSONResponse(report.envelope())
-        try:
+        async with page_slot():
+            body = await request_body(request)
+            report = validate(body, limits=settings.limits)
+            if not report.ok:
+                return JSONResponse(report.envelope())
             answer = await on_page_worker(render_preview, body, max_side, settings.sources, settings.memory_budget)
-        except WorkerDied as exc:
-            return JSONResponse({"code": int(ApiCode.BACKGROUND_CHANGE_ERROR), "msg": str(exc)})
         if isinstance(answer, dict):
             return JSONResponse(answer)
         return Response(answer, media_type="image/png")
@@ -117,7 +127,11 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     async def static(name: str) -> Response:
         kinds = {".js": "text/javascript", ".css": "text/css"}
         resource = _STATIC / name
-        if Path(name).suffix not in kinds or "/" in name or "\0" in name or not resource.is_file():
+        try:
+            found = Path(name).suffix in kinds and "/" not in name and "\0" not in name and resource.is_file()
+        except (OSError, ValueError):  # a name too long for the file system
+            found = False
+        if not found:
             return JSONResponse({"code": 1003, "msg": "not found"}, status_code=404)
         return Response(resource.read_text(), media_type=kinds[Path(name).suffix])
 
@@ -137,17 +151,26 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     @app.post("/uploads", include_in_schema=False)
     async def upload(request: Request) -> JSONResponse:
         check_caller(request, ("image/", "application/octet-stream"))
-        data = await request.body()
-        try:
-            probed = await on_page_worker(probe_upload, data, settings.sources.max_pixels, settings.memory_budget)
-        except WorkerDied as exc:
-            raise ApiError(ApiCode.PARAMETER_ERROR, f"upload: {exc}") from None
-        if "code" in probed:
-            raise ApiError(ApiCode.PARAMETER_ERROR, probed["msg"])
-        suffix = _UPLOAD_TYPES.get(sniff_type(data), ".png")
-        name = hashlib.sha256(data).hexdigest()[:32] + suffix
-        uploads.mkdir(parents=True, exist_ok=True)
-        await run_in_threadpool(write_atomically, uploads / name, data)
+        async with page_slot():
+            # Streamed to a file as it arrives: the server holds a chunk, never the upload.
+            with _store_failure(), tempfile.NamedTemporaryFile(dir=uploads, prefix=".upload-", delete=False) as sink:
+                partial = Path(sink.name)
+            try:
+                digest, head = hashlib.sha256(), b""
+                with _store_failure(), partial.open("wb") as sink:
+                    async for chunk in request.stream():
+                        digest.update(chunk)
+                        head = head or chunk[:16]
+                        sink.write(chunk)
+                max_pixels = settings.sources.max_pixels
+                probed = await on_page_worker(probe_upload, str(partial), max_pixels, settings.memory_budget)
+                if "code" in probed:
+                    raise ApiError(ApiCode.PARAMETER_ERROR, probed["msg"])
+                name = digest.hexdigest()[:32] + _UPLOAD_TYPES.get(sniff_type(head), ".png")
+                with _store_failure():
+                    os.replace(partial, uploads / name)
+            finally:
+                partial.unlink(missing_ok=True)
         url = f"{settings.public_base_url}/uploads/{name}"
         return JSONResponse({"code": 1000, "msg": "OK", "data": {"url": url, **probed}})
 
@@ -157,6 +180,17 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         if path is None:
             return JSONResponse({"code": 1003, "msg": "no such upload, or it has expired"}, status_code=404)
         return FileResponse(path)
+
+
+@contextlib.contextmanager
+def _store_failure() -> Iterator[None]:
+    """A file that cannot be written in the data dir is the store's trouble, answered like the API's (503)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFullError("the disk under the data dir is full") from None
+        raise StoreError("cannot store the upload") from None
 
 
 def _hostname(netloc: str) -> str:

@@ -145,10 +145,21 @@ class WorkerPool:
                     process, conn = self._replace(index, process, conn)
                 try:
                     conn.send((fn, args))
+                except (EOFError, OSError):
+                    process, conn = self._replace(index, process, conn)
+                    future.set_exception(WorkerDied(DIED))
+                    continue
+                except Exception as exc:  # could not be pickled (too deep, say): the worker never saw it
+                    future.set_exception(WorkerError(f"the task could not be sent to a worker ({type(exc).__name__})"))
+                    continue
+                try:
                     kind, value = conn.recv()
                 except (EOFError, OSError):
                     process, conn = self._replace(index, process, conn)
                     future.set_exception(WorkerDied(DIED))
+                    continue
+                except Exception as exc:  # an answer that cannot be unpickled
+                    future.set_exception(WorkerError(f"the worker's answer could not be read ({type(exc).__name__})"))
                     continue
                 if kind == "ok":
                     future.set_result(value)

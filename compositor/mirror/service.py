@@ -88,6 +88,8 @@ class Mirror:
         # The lock first: nothing of another server's may be touched.
         self._lock = DataDirLock(settings.data_dir, {"url": settings.public_base_url})
         try:
+            settings.results_dir.mkdir(exist_ok=True)
+            settings.uploads_dir.mkdir(exist_ok=True)
             self.accounts = Accounts(list(settings.clients), _signing_key(settings.data_dir))
             self.store = JobStore(settings.data_dir / "jobs.sqlite3")
         except BaseException:

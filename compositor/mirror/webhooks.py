@@ -72,6 +72,7 @@ class RetryPolicy:
     timeout_s: float = 10.0  # one whole attempt: connect, send, the answer's headers
     concurrency: int = 32  # deliveries under way at once
     per_host: int = 2  # of those, to one receiver (host and port)
+    per_client: int = 8  # of those, for one client's jobs, however many receivers it names
 
     def delay(self, attempt: int) -> float:
         return float(min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s))
@@ -121,40 +122,48 @@ class WebhookOutbox:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
-        in_flight: dict[int, str] = {}  # notice id: its receiver
+        in_flight: dict[int, Notice] = {}
         tasks: set[asyncio.Task[None]] = set()
         delay = 0.5
         async with new_client() as client:
             while not self._stopped:
                 self._wake.clear()
-                per_receiver = Counter(in_flight.values())
-                busy = {receiver for receiver, count in per_receiver.items() if count >= self.retry.per_host}
-                free = self.retry.concurrency - len(in_flight)
-                due: list[Notice] = []
                 try:
-                    if free > 0:
-                        due = await asyncio.to_thread(self._store.due_notices, _now_ms(), busy, free)
+                    await self._start_due(client, in_flight, tasks)
                     delay = 0.5
-                except StoreError as exc:
-                    log.error("webhooks: the job store failed (%s); trying again in %.1f s", exc.reason, delay)
+                except Exception as exc:  # this loop never ends before the server does
+                    reason = exc.reason if isinstance(exc, StoreError) else type(exc).__name__
+                    log.error("webhooks: the outbox failed (%s); trying again in %.1f s", reason, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
-                for notice in due:
-                    if notice.id in in_flight or per_receiver[notice.receiver] >= self.retry.per_host:
-                        continue
-                    per_receiver[notice.receiver] += 1
-                    in_flight[notice.id] = notice.receiver
-                    task = asyncio.create_task(self._deliver(client, notice))
-                    tasks.add(task)
-                    task.add_done_callback(functools.partial(self._delivered, tasks, in_flight, notice.id))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await self._wake.wait()
             for task in tasks:
                 task.cancel()
 
+    async def _start_due(self, client: Any, in_flight: dict[int, Notice], tasks: set[asyncio.Task[None]]) -> None:
+        """Start delivering what is due, within the limits: in all, per receiver, per client."""
+        free = self.retry.concurrency - len(in_flight)
+        if free <= 0:
+            return
+        receivers = Counter(notice.receiver for notice in in_flight.values())
+        clients = Counter(notice.client_id for notice in in_flight.values())
+        busy_receivers = {r for r, count in receivers.items() if count >= self.retry.per_host}
+        busy_clients = {c for c, count in clients.items() if count >= self.retry.per_client}
+        due = await asyncio.to_thread(self._store.due_notices, _now_ms(), busy_receivers, busy_clients, free)
+        for notice in due:
+            if receivers[notice.receiver] >= self.retry.per_host or clients[notice.client_id] >= self.retry.per_client:
+                continue
+            receivers[notice.receiver] += 1
+            clients[notice.client_id] += 1
+            in_flight[notice.id] = notice
+            task = asyncio.create_task(self._deliver(client, notice))
+            tasks.add(task)
+            task.add_done_callback(functools.partial(self._delivered, tasks, in_flight, notice.id))
+
     def _delivered(
-        self, tasks: set[asyncio.Task[None]], in_flight: dict[int, str], notice_id: int, done: asyncio.Task[None]
+        self, tasks: set[asyncio.Task[None]], in_flight: dict[int, Notice], notice_id: int, done: asyncio.Task[None]
     ) -> None:
         tasks.discard(done)
         in_flight.pop(notice_id, None)
@@ -175,6 +184,9 @@ class WebhookOutbox:
                     error = f"HTTP {status}"
             except OutboundError as exc:
                 error = exc.reason
+            except Exception:  # whatever the URL makes the client raise: a failed attempt, never a dead loop
+                log.exception("webhook for job %s: the attempt failed unexpectedly", notice.job_id)
+                error = "could not be delivered"
         delivered = status == 200
         attempt = notice.attempts + 1
         retry_at = None

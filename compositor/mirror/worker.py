@@ -78,7 +78,7 @@ def render_preview(body: dict[str, Any], max_side: int | None, sources: SourcePo
         return {"code": 1206, "msg": f"the preview ran out of memory (budget {_mb(budget)})"}
 
 
-def probe_upload(data: bytes, max_pixels: int, budget: int | None) -> dict[str, Any]:
+def probe_upload(path: str, max_pixels: int, budget: int | None) -> dict[str, Any]:
     """An uploaded file's size if it decodes as an image: `{"width", "height"}`
     or `{"code", "msg"}`."""
     from compositor import CompositorError
@@ -87,7 +87,10 @@ def probe_upload(data: bytes, max_pixels: int, budget: int | None) -> dict[str, 
 
     try:
         image = decode_image(
-            data, "upload", max_pixels=max_pixels, budget=MemoryBudget(budget) if budget is not None else None
+            Path(path).read_bytes(),
+            "upload",
+            max_pixels=max_pixels,
+            budget=MemoryBudget(budget) if budget is not None else None,
         )
     except CompositorError as exc:
         return {"code": 1003, "msg": str(exc)}
