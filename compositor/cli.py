@@ -109,6 +109,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_model_arguments(render)
     _add_limit_arguments(render)
+    _add_source_map_argument(render)
     render.set_defaults(handler=_render)
 
     validate = commands.add_parser("validate", help="check a request body without rendering it")
@@ -116,6 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--strict", action="store_true", help="require webhookUrl and treat warnings as errors")
     validate.add_argument("--json", action="store_true", help="print one JSON envelope on stdout")
     _add_limit_arguments(validate)
+    _add_source_map_argument(validate)
     validate.set_defaults(handler=_validate)
 
     serve = commands.add_parser("serve", help="run the local mirror of the upstream API")
@@ -144,6 +146,7 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--page-host", action="append", metavar="NAME", help="a host name the preview page answers on, beside loopback"
     )
+    _add_source_map_argument(serve)
     serve.set_defaults(handler=_serve)
 
     submit = commands.add_parser("submit", help="send a body to the mirror or upstream, wait, download the result")
@@ -171,6 +174,22 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="removeBg device")
     parser.add_argument("--model", default="u2netp", help="removeBg model (default u2netp)")
     parser.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
+
+
+def _add_source_map_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--source-map",
+        type=Path,
+        metavar="FILE",
+        help="JSON from URLs (or URL prefixes ending in /) to local files or folders, read instead of fetched",
+    )
+
+
+def _source_map(args: argparse.Namespace) -> Any:
+    """The --source-map file's map (None without one); SourceMapError when it cannot be used."""
+    from compositor.sourcemap import load_source_map
+
+    return load_source_map(args.source_map) if args.source_map else None
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +282,13 @@ def _validate(args: argparse.Namespace) -> int:
         return loaded
     body, _ = loaded
     report = validate(body, strict=args.strict, limits=_limits(args))
+    try:
+        source_map = _source_map(args)
+    except ValueError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if source_map is not None and isinstance(body, dict):
+        report.warnings.extend(_unmapped_files(body, source_map))
     if args.json:
         print(json.dumps(report.envelope()))
     else:
@@ -272,6 +298,26 @@ def _validate(args: argparse.Namespace) -> int:
         for problem in report.warnings:
             print(f"  warning {problem.field}: {problem.message}")
     return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _unmapped_files(body: dict[str, Any], source_map: Any) -> list[Any]:
+    """Warnings for sources the map sends to a file that is not there."""
+    from compositor.errors import SourceError
+    from compositor.request import Problem
+
+    found = []
+    for name in ("origin_img", "template_url"):
+        value = body.get(name)
+        if not isinstance(value, str):
+            continue
+        try:
+            mapped = source_map.resolve(value, name)
+        except SourceError as exc:
+            found.append(Problem(name, exc.reason))
+            continue
+        if mapped is not None and not mapped.is_file():
+            found.append(Problem(name, f"is mapped by the source map to {mapped}, which is not a file"))
+    return found
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -303,7 +349,7 @@ def _render(args: argparse.Namespace) -> int:
         )
         options = RenderOptions(
             limits=_limits(args),
-            sources=replace(SourcePolicy(), base_dir=base),
+            sources=replace(SourcePolicy(), base_dir=base, source_map=_source_map(args)),
             removal=RemovalOptions(model=args.model, device=args.device, model_home=args.model_home),
         )
         if args.low_memory and encoding.format != "png":
@@ -401,6 +447,7 @@ def _serve(args: argparse.Namespace) -> int:
         "memory_budget_mb": args.memory_budget,
         "allow_private_networks": args.allow_private_networks,
         "page_host": args.page_host,
+        "source_map": args.source_map,
     }
     try:
         served = config.load(flags)

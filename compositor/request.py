@@ -86,7 +86,7 @@ class ValidationReport:
     @property
     def message(self) -> str:
         if self.ok:
-            return "ok"
+            return "OK"  # as the API says it
         first = self.errors[0]
         more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
         return f"{first.field}: {first.message}{more}"

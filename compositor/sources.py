@@ -16,7 +16,7 @@ import stat
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compositor.budget import MemoryBudget
 from compositor.errors import SourceError
+from compositor.sourcemap import SourceMap
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # JPEG covers MPO (camera JPEGs)
 _SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
@@ -45,6 +46,7 @@ class SourcePolicy:
     max_bytes: int = 64 * 1024 * 1024  # of the source as decompressed
     max_pixels: int = 100_000_000
     allow_private: bool = True  # http(s) to loopback, private and link-local addresses
+    source_map: SourceMap | None = None  # URLs read from local files instead (never fetched)
 
 
 def check_source_reference(ref: str) -> str | None:
@@ -72,6 +74,10 @@ def check_source_reference(ref: str) -> str | None:
 
 def read_source(ref: str, field: str, policy: SourcePolicy) -> bytes:
     """The raw bytes of a source, within the policy's limits."""
+    if policy.source_map is not None:
+        mapped = policy.source_map.resolve(ref, field)
+        if mapped is not None:  # the map's own choice of file: no roots apply
+            return _read_file(mapped, field, replace(policy, file_roots=None, base_dir=None))
     problem = check_source_reference(ref)
     if problem is not None:
         raise SourceError(field, problem)

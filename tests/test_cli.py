@@ -93,7 +93,7 @@ def test_validate_json_prints_exactly_one_envelope(capsys: pytest.CaptureFixture
     assert main(["validate", str(REQUESTS / "example-3-template-and-color.json"), "--json"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1
-    assert json.loads(lines[0]) == {"code": 1000, "msg": "ok", "data": {"errors": [], "warnings": []}}
+    assert json.loads(lines[0]) == {"code": 1000, "msg": "OK", "data": {"errors": [], "warnings": []}}
 
 
 def test_validate_strict_requires_the_webhook(capsys: pytest.CaptureFixture[str]) -> None:

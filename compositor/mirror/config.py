@@ -17,6 +17,7 @@ from compositor.budget import MB
 from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.webhooks import RetryPolicy
+from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
 
 DEFAULT_PORT = 8080
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
@@ -111,6 +112,11 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     if not 0 < port < 65536:
         raise ConfigError(f"the port must be from 1 to 65535, not {port}")
     page_hosts = tuple(flags.get("page_host") or file.get("page_hosts", []))
+    map_path = pick("source_map", "COMPOSITOR_SOURCE_MAP", None)
+    try:
+        source_map = load_source_map(Path(map_path)) if map_path else SourceMap()
+    except SourceMapError as exc:
+        raise ConfigError(str(exc)) from None
 
     clients = [parse_client(c) for c in flags.get("client") or []]
     if not clients and environ.get("COMPOSITOR_CLIENTS"):
@@ -156,6 +162,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         memory_budget=int(budget_mb * MB) if budget_mb > 0 else None,
         allow_private=allow_private,
         page_hosts=page_hosts,
+        source_map=source_map,
         body_limit=int(file.get("max_body_bytes", MB)),
         source_deadline_s=float(file.get("source_deadline_s", 30.0)),
         webhook_retry=RetryPolicy(

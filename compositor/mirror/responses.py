@@ -154,8 +154,11 @@ def _routes(mirror: Mirror) -> FastAPI:
     ) -> JSONResponse:
         client = mirror.authenticate(authorization, x_api_key)
         body = await read_json(request)
-        job = await run_in_threadpool(mirror.submit, client, body)
-        return envelope(1000, "OK", job.to_api())
+        job, warnings = await run_in_threadpool(mirror.submit, client, body)
+        record = job.to_api()
+        if warnings:  # an addition of ours: upstream clients ignore fields they do not know
+            record["warnings"] = warnings
+        return envelope(1000, "OK", record)
 
     @app.get("/api/open/v3/content/image/infobymodelid")
     async def job_info(

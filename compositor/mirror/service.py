@@ -32,6 +32,7 @@ from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
 from compositor.mirror.worker import RenderOutcome, prepare_worker, render_to_file
 from compositor.outbound import OutboundPolicy
 from compositor.request import Limits, validate
+from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class MirrorSettings:
     upload_limit: int = 64 * MB  # an image uploaded from the page
     # Host names (and origins) the page's endpoints answer, beside loopback's.
     page_hosts: tuple[str, ...] = ()
+    source_map: SourceMap = field(default_factory=SourceMap)  # from --source-map
 
     @property
     def results_dir(self) -> Path:
@@ -75,8 +77,14 @@ class MirrorSettings:
 
     @property
     def sources(self) -> SourcePolicy:
+        # The mirror's own uploads are read from its disk, never fetched from itself over HTTP
+        # (which private-network rules would refuse when it listens on a private address).
+        own = SourceMap.from_entries({f"{self.public_base_url}/uploads/": self.uploads_dir})
         return SourcePolicy(
-            file_roots=self.file_roots, allow_private=self.allow_private, deadline_s=self.source_deadline_s
+            file_roots=self.file_roots,
+            allow_private=self.allow_private,
+            deadline_s=self.source_deadline_s,
+            source_map=own.merged(self.source_map),
         )
 
 
@@ -144,7 +152,8 @@ class Mirror:
     def authenticate(self, authorization: str | None, api_key: str | None) -> Client:
         return self.accounts.authenticate(authorization, api_key)
 
-    def submit(self, client: Client, body: object) -> Job:
+    def submit(self, client: Client, body: object) -> tuple[Job, list[dict[str, str]]]:
+        """The stored job, and the body's warnings (fields ignored, layers off the canvas)."""
         self.accounts.check_rate(client)
         report = validate(body, limits=self.settings.limits)
         if not report.ok:
@@ -152,7 +161,7 @@ class Mirror:
         assert isinstance(body, dict)
         job = self.store.create(client, body)
         self._wake.set()
-        return job
+        return job, [problem.as_dict() for problem in report.warnings]
 
     def info(self, client: Client, job_id: object) -> Job:
         self.accounts.check_rate(client)
