@@ -147,6 +147,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--page-host", action="append", metavar="NAME", help="a host name the preview page answers on, beside loopback"
     )
     _add_source_map_argument(serve)
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    serve.add_argument("--log-format", choices=("text", "json"), help="text (default) or one JSON object a line")
     serve.set_defaults(handler=_serve)
 
     submit = commands.add_parser("submit", help="send a body to the mirror or upstream, wait, download the result")
@@ -449,7 +451,13 @@ def _serve(args: argparse.Namespace) -> int:
         "page_host": args.page_host,
         "source_map": args.source_map,
     }
+    from compositor import logs
+
+    level = args.log_level or os.environ.get("COMPOSITOR_LOG_LEVEL", "info")
+    log_format = args.log_format or os.environ.get("COMPOSITOR_LOG_FORMAT", "text")
     try:
+        if level not in logs.LEVELS or log_format not in logs.FORMATS:
+            raise config.ConfigError(f"the log level must be one of {logs.LEVELS} and the format one of {logs.FORMATS}")
         served = config.load(flags)
     except (config.ConfigError, OSError, ValueError, TypeError, AttributeError) as exc:
         print(f"compositor: {_one_line(exc)}", file=sys.stderr)
@@ -471,7 +479,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"compositor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
     _print_banner(served)
-    server = uvicorn.Server(uvicorn.Config(create_app(mirror), log_level="warning"))
+    logs.configure(level, log_format)
+    # uvicorn's own loggers go through ours (its access log is replaced by compositor.access).
+    server = uvicorn.Server(uvicorn.Config(create_app(mirror), log_config=None, access_log=False))
     server.run(sockets=[listener])
     return EXIT_OK
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +91,58 @@ class BodyLimit:
 
         # The BodyTooLarge raised here is answered by the app's handler for it.
         await self.app(scope, counted, send)
+
+
+access_log = logging.getLogger("compositor.access")
+
+
+class AccessLog:
+    """One line per request: method, path, HTTP status, the envelope's code,
+    the client, the time taken. Never a header, a query's secret or a body."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen: dict[str, Any] = {"status": None, "json": False, "head": b""}
+
+        async def watched(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                seen["json"] = any(
+                    k == b"content-type" and v.startswith(b"application/json") for k, v in message.get("headers", [])
+                )
+            elif message["type"] == "http.response.body" and seen["json"] and len(seen["head"]) < 64:
+                seen["head"] += message.get("body", b"")[:64]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            code = _code_of(seen["head"]) if seen["json"] else None
+            access_log.info(
+                "%s %s",
+                scope.get("method"),
+                scope.get("path"),
+                extra={
+                    "fields": {
+                        "status": seen["status"],
+                        "code": code,
+                        "client_id": scope.get("state", {}).get("client_id"),
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                    }
+                },
+            )
+
+
+def _code_of(head: bytes) -> int | None:
+    """The envelope's code from the first bytes of a JSON answer ({"code": N, ...})."""
+    match = re.match(rb'\{"code":\s*(\d+)', head)
+    return int(match.group(1)) if match else None
 
 
 class ErrorEnvelope:

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.mirror.middleware import (
+    AccessLog,
     BodyLimit,
     BodyTooLarge,
     ErrorEnvelope,
@@ -74,7 +75,7 @@ def create_app(mirror: Mirror) -> ErrorEnvelope:
     upload_limit = mirror.settings.upload_limit
     body_limit = mirror.settings.body_limit
     routes: Any = app  # Starlette's own ASGI types are narrower than the plain callables here
-    return ErrorEnvelope(BodyLimit(routes, lambda path: upload_limit if path == "/uploads" else body_limit))
+    return ErrorEnvelope(AccessLog(BodyLimit(routes, lambda path: upload_limit if path == "/uploads" else body_limit)))
 
 
 def _routes(mirror: Mirror) -> FastAPI:
@@ -153,6 +154,7 @@ def _routes(mirror: Mirror) -> FastAPI:
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
         client = mirror.authenticate(authorization, x_api_key)
+        request.state.client_id = client.client_id  # for the access log
         body = await read_json(request)
         job, warnings = await run_in_threadpool(mirror.submit, client, body)
         record = job.to_api()
@@ -162,11 +164,13 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     @app.get("/api/open/v3/content/image/infobymodelid")
     async def job_info(
+        request: Request,
         image_model_id: str | None = Query(default=None),
         authorization: str | None = Header(default=None),
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
         client = mirror.authenticate(authorization, x_api_key)
+        request.state.client_id = client.client_id  # for the access log
         job = await run_in_threadpool(mirror.info, client, image_model_id)
         return envelope(1000, "OK", job.to_api())
 

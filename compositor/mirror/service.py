@@ -36,6 +36,14 @@ from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
+job_log = logging.getLogger("compositor.jobs")
+
+
+def _job_line(job: Job, outcome: str, reason: str | None = None) -> None:
+    """One line per job state change: the job, its client, the outcome, the reason of a failure."""
+    fields = {"job_id": job.id, "client_id": job.client_id, "outcome": outcome, "reason": reason}
+    job_log.info("job %s %s", job.id, outcome, extra={"fields": fields})
+
 
 # A job whose worker died this many times is failed rather than run again.
 MAX_ATTEMPTS = 2
@@ -160,6 +168,7 @@ class Mirror:
             raise InvalidRequestError(report)
         assert isinstance(body, dict)
         job = self.store.create(client, body)
+        _job_line(job, "queued")
         self._wake.set()
         return job, [problem.as_dict() for problem in report.warnings]
 
@@ -211,6 +220,7 @@ class Mirror:
             if job is None:
                 return
             self.webhooks.wake()
+            _job_line(job, "processing")
             self._in_flight[job.id] = job
             result = self.settings.results_dir / f"{job.id}.png"
             budget = self.settings.memory_budget
@@ -245,24 +255,30 @@ class Mirror:
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("job %s: %s; running it again", job.id, exc)
                 self.store.requeue(job.id)
+                _job_line(job, "requeued", str(exc))
             else:
                 log.warning("job %s: %s, %d times; failing it", job.id, exc, job.attempts)
                 self.store.fail(job.id, [f"{exc}, {job.attempts} times"])
+                _job_line(job, "failed", f"{exc}, {job.attempts} times")
             return
         except Exception as exc:
             log.error("job %s: the render failed unexpectedly: %s", job.id, exc)
             self.store.fail(job.id, ["the render failed unexpectedly"])
+            _job_line(job, "failed", "the render failed unexpectedly")
             return
         if outcome.transient:
             pause = 5.0
             log.warning("job %s: %s; it waits, and new jobs wait %.0f s", job.id, outcome.failure, pause)
             self.store.requeue(job.id, count_attempt=False)
             self._paused_until = time.monotonic() + pause
+            _job_line(job, "requeued", outcome.failure)
         elif outcome.failure is None:
             url = f"{self.settings.public_base_url}/results/{job.id}.png"
             self.store.complete(job.id, str(self.settings.results_dir / f"{job.id}.png"), url)
+            _job_line(job, "completed")
         else:
             self.store.fail(job.id, [outcome.failure])
+            _job_line(job, "failed", outcome.failure)
 
     def _secret_for(self, client_id: str) -> str | None:
         client = self.accounts.get(client_id)

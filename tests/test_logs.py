@@ -1,0 +1,82 @@
+"""The mirror's log: a line per request and per job state change, as text or
+JSON lines, never a secret."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.test_mirror import CONFIG, INFO, SECRET, SUBMIT, Server, body, call, start_server, wait_for
+
+
+def json_lines(server: Server) -> list[dict[str, Any]]:
+    lines = []
+    for line in server.log.read_text().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def settle(server: Server, predicate: Any, timeout: float = 10) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = json_lines(server)
+        if predicate(lines):
+            return lines
+        time.sleep(0.1)
+    raise AssertionError(server.log.read_text()[-3000:])
+
+
+def test_json_lines_tell_each_request_and_each_job_state(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", CONFIG, "--log-format", "json")
+    try:
+        good = call(server, "POST", SUBMIT, json=body())["data"]["_id"]
+        bad = call(server, "POST", SUBMIT, json=body(origin_img="http://127.0.0.1:9/gone.png"))["data"]["_id"]
+        wait_for(server, good)
+        wait_for(server, bad)
+        call(server, "GET", INFO, params={"image_model_id": good})
+
+        def done(lines: list[dict[str, Any]]) -> bool:
+            return any(line.get("outcome") == "failed" for line in lines)
+
+        lines = settle(server, done)
+    finally:
+        server.stop()
+    jobs = [line for line in lines if line["logger"] == "compositor.jobs"]
+    assert [j["outcome"] for j in jobs if j["job_id"] == good] == ["queued", "processing", "completed"]
+    failed = next(j for j in jobs if j["job_id"] == bad and j["outcome"] == "failed")
+    assert failed["client_id"] == "alpha" and "origin_img: could not be fetched" in failed["reason"]
+    access = [line for line in lines if line["logger"] == "compositor.access"]
+    submit = next(a for a in access if a["event"] == f"POST {SUBMIT}")
+    assert submit["status"] == 200 and submit["code"] == 1000 and submit["client_id"] == "alpha" and submit["ms"] >= 0
+    assert any(a["event"] == f"GET {INFO}" and a["code"] == 1000 for a in access)
+    assert SECRET not in server.log.read_text()
+
+
+def test_text_lines_name_the_job_the_client_and_the_outcome(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", CONFIG)
+    try:
+        job = call(server, "POST", SUBMIT, json=body())["data"]["_id"]
+        wait_for(server, job)
+        deadline = time.monotonic() + 10
+        while "outcome=completed" not in server.log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    line = next(line for line in server.log.read_text().splitlines() if "outcome=completed" in line)
+    assert f"job_id={job}" in line and "client_id=alpha" in line and " INFO " in line
+
+
+def test_an_unknown_log_level_is_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "compositor.cli", "serve", "--data-dir", str(tmp_path), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"COMPOSITOR_LOG_LEVEL": "loud", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "log level" in done.stderr
