@@ -29,7 +29,7 @@ examples: model
 	@for body in fixtures/requests/example-*.json; do \
 		name=$$(basename $$body .json); \
 		echo "$$name -> $(EXAMPLES_OUT)/$$name.png"; \
-		$(BIN)/compositor render $$body -o $(EXAMPLES_OUT)/$$name.png --timings || exit $$?; \
+		$(BIN)/compositor render $$body -o $(EXAMPLES_OUT)/$$name.png --source-map fixtures/source-map.json --timings || exit $$?; \
 	done
 
 lint: $(STAMP)

@@ -523,7 +523,7 @@ def _print_banner(served: Any) -> None:
         sys.stdout.flush()
         return
     header = config.key_header_file(settings.data_dir)
-    example = config.example_request(settings.data_dir)
+    example = config.example_request()
     endpoint = f"{base}/api/open/v3/content/image/bg/replace"
     if example is not None:
         print(f"  try: curl -s -X POST {endpoint} -H @{header} -H 'content-type: application/json' -d @{example}")

@@ -88,44 +88,55 @@ def main() -> None:
     exif[0x0112] = 6
     stored.save(IMAGES / "exif-orientation-6.jpg", quality=92, exif=exif.tobytes())
 
-    foreground = {"origin_img": "../images/foreground.png", "modify_origin_img_size": "3031x2894"}
+    # The upstream docs' four example bodies, verbatim (their images are not
+    # reachable offline: source-map.json maps their URLs to the stand-ins above).
     bodies = {
         "example-1-template-only": {
             "canvas_size": "3840x3840",
-            "template_url": "../images/template.jpg",
-            "modify_template_size": "3031x3372",
-            "overlay_template_x": 10,
-            "overlay_template_y": 497,
-            **foreground,
-            "overlay_origin_x": 205,
-            "overlay_origin_y": 497,
+            "template_url": "https://d3c24lvfmudc1v.cloudfront.net/public/background_change/ROne.png",
+            "modify_template_size": "3830x3830",
+            "overlay_template_x": 5,
+            "overlay_template_y": 5,
+            "origin_img": "https://drz0f01yeq1cx.cloudfront.net/1711939252580-7e40bd1a-e480-42ed-8585-3f9ffccf6bdb-5822.png",
+            "modify_origin_img_size": "3830x2145",
+            "overlay_origin_x": 5,
+            "overlay_origin_y": 849,
         },
         "example-2-color-only": {
+            "color_code": "#c9aafb",
             "canvas_size": "3840x3840",
-            "color_code": "#aafbe3",
-            **foreground,
-            "overlay_origin_x": 205,
-            "overlay_origin_y": 497,
+            "origin_img": "https://drz0f01yeq1cx.cloudfront.net/1712132369637-69a946c0-b2a7-4fe6-92c8-2729b36cc13e-0183.png",
+            "modify_origin_img_size": "3060x3824",
+            "overlay_origin_x": 388,
+            "overlay_origin_y": 8,
         },
         "example-3-template-and-color": {
-            "canvas_size": "3840x3840",
             "color_code": "#aafbe3",
-            "template_url": "../images/template.jpg",
+            "canvas_size": "3840x3840",
+            "template_url": "https://d3c24lvfmudc1v.cloudfront.net/public/background_change/ROne.png",
             "modify_template_size": "3828x3828",
             "overlay_template_x": 2049,
-            "overlay_template_y": 0,
-            "origin_img": "../images/foreground.png",
+            "overlay_template_y": -6,
+            "origin_img": "https://drz0f01yeq1cx.cloudfront.net/1712132369637-69a946c0-b2a7-4fe6-92c8-2729b36cc13e-0183.png",
             "modify_origin_img_size": "3062x3828",
             "overlay_origin_x": -72,
             "overlay_origin_y": -84,
         },
         "example-4-neither": {
             "canvas_size": "3840x3840",
-            **foreground,
-            "overlay_origin_x": 205,
-            "overlay_origin_y": 497,
+            "origin_img": "https://drz0f01yeq1cx.cloudfront.net/1712132369637-69a946c0-b2a7-4fe6-92c8-2729b36cc13e-0183.png",
+            "modify_origin_img_size": "3060x3824",
+            "overlay_origin_x": 388,
+            "overlay_origin_y": 8,
         },
     }
+    cdn = "https://drz0f01yeq1cx.cloudfront.net/"
+    source_map = {
+        "https://d3c24lvfmudc1v.cloudfront.net/public/background_change/ROne.png": "images/template.jpg",
+        cdn + "1711939252580-7e40bd1a-e480-42ed-8585-3f9ffccf6bdb-5822.png": "images/foreground.png",
+        cdn + "1712132369637-69a946c0-b2a7-4fe6-92c8-2729b36cc13e-0183.png": "images/foreground.png",
+    }
+    (ROOT / "source-map.json").write_text(json.dumps(source_map, indent=2) + "\n")
     for name, body in bodies.items():
         (REQUESTS / f"{name}.json").write_text(json.dumps(body, indent=2) + "\n")
 

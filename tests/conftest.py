@@ -9,11 +9,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from compositor.sourcemap import load_source_map
+from compositor.sources import SourcePolicy
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 REQUESTS = FIXTURES / "requests"
 IMAGES = FIXTURES / "images"
 PEER = REPO.parent / "shared" / "peer-fixtures" / "rembg"
+# The documented bodies name upstream's CDN; this maps those URLs to the stand-in images.
+SOURCE_MAP_FILE = FIXTURES / "source-map.json"
+SOURCE_MAP = load_source_map(SOURCE_MAP_FILE)
+
+
+def fixture_sources(base_dir: Path) -> SourcePolicy:
+    """What the fixtures' bodies read: paths relative to `base_dir`, and the CDN URLs through the map."""
+    return SourcePolicy(base_dir=base_dir, source_map=SOURCE_MAP)
 
 
 def minimal_body(**overrides: Any) -> dict[str, Any]:

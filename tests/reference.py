@@ -17,6 +17,13 @@ def open_layer(path: Path) -> Image.Image:
     return image.convert("RGBA")
 
 
+def local_path(ref: str, base: Path) -> Path:
+    """A body's source as a file: through the fixtures' source map, else relative to `base`."""
+    from tests.conftest import SOURCE_MAP
+
+    return SOURCE_MAP.resolve(ref, "source") or base / ref
+
+
 def reference_render(body: dict[str, Any], base: Path) -> Image.Image:
     width, height = (int(v) for v in body["canvas_size"].split("x"))
     colour = body.get("color_code")
@@ -24,12 +31,12 @@ def reference_render(body: dict[str, Any], base: Path) -> Image.Image:
     canvas = Image.new("RGBA", (width, height), fill)
     layers = []
     if body.get("template_url"):
-        template = open_layer(base / body["template_url"])
+        template = open_layer(local_path(body["template_url"], base))
         size = body.get("modify_template_size")
         layers.append((template, size, body.get("overlay_template_x", 0), body.get("overlay_template_y", 0)))
     layers.append(
         (
-            open_layer(base / body["origin_img"]),
+            open_layer(local_path(body["origin_img"], base)),
             body["modify_origin_img_size"],
             body["overlay_origin_x"],
             body["overlay_origin_y"],

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compositor import RenderOptions, SourceError, SourcePolicy
+from compositor import RenderOptions, SourceError
 from compositor.cli import main
 from compositor.encode import write_png_bands
 from compositor.engine import STRIP_ROWS, render_array, render_bands
 from compositor.files import atomic_file
 from compositor.geometry import Placement, Rect, Size, clip_rows, split_rows
-from tests.conftest import FIXTURES, PEER, REQUESTS, minimal_body
+from tests.conftest import FIXTURES, PEER, REQUESTS, SOURCE_MAP_FILE, fixture_sources, minimal_body
 
 GOLDEN_CASES = sorted((FIXTURES / "golden" / "cases").glob("*.json"))
 DOCUMENTED = sorted(REQUESTS.glob("example-*.json"))
 
 
 def options_for(base: Path) -> RenderOptions:
-    return RenderOptions(sources=SourcePolicy(base_dir=base))
+    return RenderOptions(sources=fixture_sources(base))
 
 
 def png_of(bands: list[np.ndarray], width: int, height: int, **kwargs: int) -> bytes:
@@ -130,8 +130,9 @@ def test_an_atomic_file_that_fails_leaves_what_was_there(tmp_path: Path) -> None
 
 def test_cli_low_memory_writes_the_same_picture(tmp_path: Path) -> None:
     request = REQUESTS / "example-3-template-and-color.json"
-    assert main(["render", str(request), "-o", str(tmp_path / "whole.png")]) == 0
-    assert main(["render", str(request), "-o", str(tmp_path / "bands.png"), "--low-memory"]) == 0
+    mapped = ["--source-map", str(SOURCE_MAP_FILE)]
+    assert main(["render", str(request), "-o", str(tmp_path / "whole.png"), *mapped]) == 0
+    assert main(["render", str(request), "-o", str(tmp_path / "bands.png"), "--low-memory", *mapped]) == 0
     whole, bands = Image.open(tmp_path / "whole.png"), Image.open(tmp_path / "bands.png")
     assert bands.size == (3840, 3840)
     assert np.array_equal(np.asarray(bands), np.asarray(whole))

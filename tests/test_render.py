@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from compositor import InvalidRequestError, RenderOptions, SourceError, SourcePolicy, StageTimings, render
-from tests.conftest import FIXTURES, PEER, REQUESTS, minimal_body, premultiplied
+from tests.conftest import FIXTURES, PEER, REQUESTS, fixture_sources, minimal_body, premultiplied
 from tests.reference import reference_render
 
 GOLDEN = FIXTURES / "golden"
@@ -18,7 +18,7 @@ DOCUMENTED = sorted(REQUESTS.glob("example-*.json"))
 
 
 def render_file(path: Path) -> Image.Image:
-    return render(json.loads(path.read_text()), options=RenderOptions(sources=SourcePolicy(base_dir=path.parent)))
+    return render(json.loads(path.read_text()), options=RenderOptions(sources=fixture_sources(path.parent)))
 
 
 def assert_close(actual: Image.Image, expected: Image.Image, *, max_diff: float, mean_diff: float) -> None:

@@ -23,19 +23,11 @@ DEFAULT_PORT = 8080
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
 
 
-def example_request(data_dir: Path) -> Path | None:
-    """Documented example 3 with file:// URLs to the checkout's fixtures,
-    written into the data dir for the banner's curl line."""
+def example_request() -> Path | None:
+    """Documented example 3, verbatim, for the banner's curl line: its CDN URLs
+    render through the fixtures' source map, which development mode loads."""
     source = FIXTURES / "requests" / "example-3-template-and-color.json"
-    if not source.exists():
-        return None
-    body = json.loads(source.read_text())
-    for name in ("origin_img", "template_url"):
-        body[name] = (source.parent / body[name]).resolve().as_uri()
-    target = data_dir / "example-request.json"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(body, indent=2) + "\n")
-    return target
+    return source if source.exists() else None
 
 
 class ConfigError(Exception):
@@ -143,10 +135,13 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
             raise ConfigError(f"refusing to serve {host} with no client configured: pass --client ID:SECRET")
         development, development_is_new = development_client(data_dir)
         clients = [development]
-        # Development mode may read the checkout's own fixtures, so the printed
-        # curl line works as it is.
+        # Development mode reads the checkout's own fixtures, and maps the
+        # documented bodies' CDN URLs to them, so the printed curl line and the
+        # page's examples work as they are, offline.
         if FIXTURES.is_dir():
             roots = [*roots, str(FIXTURES)]
+            if (FIXTURES / "source-map.json").is_file():
+                source_map = load_source_map(FIXTURES / "source-map.json").merged(source_map)
 
     if len({c.client_id for c in clients}) != len(clients):
         raise ConfigError("two clients share an id")

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from compositor.errors import ApiCode
+from compositor.errors import ApiCode, CompositorError
 from compositor.mirror.middleware import read_json
 from compositor.mirror.models import ApiError, StoreError, StoreFullError
 from compositor.mirror.pool import WorkerDied, WorkerError
@@ -125,7 +125,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
-        kinds = {".js": "text/javascript", ".css": "text/css"}
+        kinds = {".js": "text/javascript", ".css": "text/css", ".json": "application/json"}
         resource = _STATIC / name
         try:
             found = Path(name).suffix in kinds and "/" not in name and "\0" not in name and resource.is_file()
@@ -134,6 +134,23 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         if not found:
             return JSONResponse({"code": 1003, "msg": "not found"}, status_code=404)
         return Response(resource.read_text(), media_type=kinds[Path(name).suffix])
+
+    @app.get("/preview/source", include_in_schema=False)
+    async def preview_source(request: Request, url: str = "") -> Response:
+        """A source the page shows but the browser cannot fetch (a mapped CDN URL,
+        offline): served from the file the source map names, and nothing else."""
+        host = _hostname(request.headers.get("host", ""))
+        if host not in allowed_hosts:
+            raise CrossSiteError(f"the page answers on loopback names only, not host {host!r} (see --page-host)")
+        source_map = settings.sources.source_map
+        try:
+            path = source_map.resolve(url, "url") if source_map is not None else None
+            found = path is not None and path.is_file()
+        except (CompositorError, OSError, ValueError):
+            found = False
+        if not found:
+            return JSONResponse({"code": 1003, "msg": "url: not a source this mirror maps to a file"}, status_code=404)
+        return FileResponse(path)  # type: ignore[arg-type]
 
     @app.post("/preview/validate", include_in_schema=False)
     async def preview_validate(request: Request) -> JSONResponse:

@@ -102,7 +102,7 @@ function layout() {
     if (!g) continue;
     place(box, g); place(ghost, g);
     const src = body[layerKeys[layer].src];
-    if (ghost.dataset.src !== src) { ghost.dataset.src = src; ghost.src = src; }
+    if (ghost.dataset.src !== src) { ghost.dataset.src = src; ghost.src = viewable(src); }
   }
   const active = $("active_layer").value;
   $("origin_box").classList.toggle("active", active === "foreground");
@@ -181,7 +181,14 @@ function learnNaturalSize(layer) {
   if (!src || /^file:/.test(src)) return;
   const img = new Image();
   img.onload = () => { natural[layer] = { w: img.naturalWidth, h: img.naturalHeight }; layout(); };
-  img.src = src;
+  img.src = viewable(src);
+}
+
+// A source the browser cannot fetch itself (an upstream CDN, offline) is shown
+// through the mirror, which serves it when its source map covers it.
+function viewable(src) {
+  if (!src || /^data:/.test(src) || src.startsWith(location.origin + "/")) return src;
+  return "/preview/source?url=" + encodeURIComponent(src);
 }
 
 // --- dragging -------------------------------------------------------------------
@@ -242,4 +249,20 @@ $("download").addEventListener("click", async () => {
   a.click();
 });
 window.addEventListener("resize", layout);
+let examples = {};
+fetch("/static/examples.json").then((r) => r.json()).then((loaded) => {
+  examples = loaded;
+  for (const name of Object.keys(examples)) {
+    const option = document.createElement("option");
+    option.value = name; option.textContent = name.replace(/^example-/, "").replace(/-/g, " ");
+    $("example").append(option);
+  }
+});
+$("example").addEventListener("change", () => {
+  if (!examples[$("example").value]) return;
+  body = JSON.parse(JSON.stringify(examples[$("example").value]));
+  natural.template = natural.foreground = null;
+  learnNaturalSize("template"); learnNaturalSize("foreground");
+  update();
+});
 update();
