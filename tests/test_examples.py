@@ -135,3 +135,30 @@ def test_the_pages_menu_loads_an_example_and_renders_it_at_once(mapped_server: S
         assert tab.evaluate("document.getElementById('template_ghost').naturalWidth") > 0
         assert "1108" not in (tab.text_content("#summary") or "")
         browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (apt-get install chromium)")
+def test_the_docs_page_works_with_the_network_blocked(mapped_server: Server) -> None:
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    from tests.test_page import FLAGS
+
+    outside: list[str] = []
+
+    def only_the_mirror(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(mapped_server.base):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            outside.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        tab = browser.new_page()
+        tab.route("**/*", only_the_mirror)
+        tab.goto(mapped_server.base + "/docs")
+        tab.wait_for_selector(".swagger-ui .info .title", timeout=20000)
+        assert "compositor mirror" in tab.text_content(".swagger-ui .info .title")
+        assert tab.locator(".opblock").count() >= 3  # the three upstream operations
+        browser.close()
+    assert outside == []

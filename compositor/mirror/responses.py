@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -87,7 +88,9 @@ def _routes(mirror: Mirror) -> FastAPI:
         finally:
             mirror.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package: the default
+    # pages load them from a CDN, and are blank offline.
+    app = FastAPIOffline(
         title="compositor mirror of Akool's Background Change API",
         version="0.1.0",
         description="Same paths, headers, envelope, codes, job states and webhooks as upstream; rendered locally.",
