@@ -131,3 +131,58 @@ def test_the_copied_body_validates_and_renders_what_the_page_showed(page: object
     expected = full.convert("RGB").resize(shown.size, Image.Resampling.LANCZOS)
     difference = np.abs(np.asarray(shown).astype(int) - np.asarray(expected).astype(int))
     assert difference.mean() < 2.0  # the same picture, rendered small rather than rendered then shrunk
+
+
+def test_no_broken_image_shows_before_the_first_render(page: object) -> None:
+    assert page.evaluate("getComputedStyle(document.getElementById('preview')).visibility") == "hidden"  # type: ignore[attr-defined]
+
+
+def test_copy_says_it_copied(page_server: Server) -> None:
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context()
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=page_server.base)
+        tab = context.new_page()
+        tab.goto(page_server.base + "/")
+        tab.click("#copy_body")
+        tab.wait_for_function("document.getElementById('copy_body').textContent === 'Copied'")
+        assert json.loads(tab.evaluate("navigator.clipboard.readText()")) == body_of(tab)
+        browser.close()
+
+
+def test_an_800_pixel_window_keeps_room_for_the_picture(page_server: Server) -> None:
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        tab = browser.new_page(viewport={"width": 800, "height": 900})
+        tab.goto(page_server.base + "/")
+        assert tab.locator("#stage").bounding_box()["width"] > 600
+        browser.close()
+
+
+def test_layers_past_the_canvas_are_shown_whole(page: object) -> None:
+    example = json.loads((REQUESTS / "example-3-template-and-color.json").read_text())
+    page.fill("#paste", json.dumps(example))  # type: ignore[attr-defined]
+    page.click("#load_body")  # type: ignore[attr-defined]
+    stage = page.locator("#stage").bounding_box()  # type: ignore[attr-defined]
+    for box in ("#template_box", "#origin_box"):
+        layer = page.locator(box).bounding_box()  # type: ignore[attr-defined]
+        assert layer["x"] >= stage["x"] and layer["y"] >= stage["y"]
+        assert layer["x"] + layer["width"] <= stage["x"] + stage["width"] + 1
+        assert layer["y"] + layer["height"] <= stage["y"] + stage["height"] + 1
+
+
+def test_a_picture_of_another_shape_keeps_the_width_and_takes_its_own_aspect(page: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from PIL import Image
+
+    pick_images(page)
+    before = str(body_of(page)["modify_template_size"])
+    wide = Path(str(tmp_path)) / "wide.png"
+    Image.new("RGB", (400, 100), (10, 200, 30)).save(wide)
+    page.set_input_files("#template_file", str(wide))  # type: ignore[attr-defined]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        f"!document.getElementById('body_json').textContent.includes('{before}')"
+    )
+    width, height = (int(v) for v in str(body_of(page)["modify_template_size"]).split("x"))
+    assert width == int(before.split("x")[0]) and abs(width / height - 4.0) < 0.02

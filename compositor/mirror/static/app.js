@@ -16,6 +16,8 @@ let body = {
 };
 const natural = { template: null, foreground: null }; // {w, h} of the picked images
 let scale = 1; // screen pixels per canvas pixel
+let view = { scale: 1, ox: 0, oy: 0 }; // where the canvas sits on the stage
+let dragging = false;
 let previews = 0;
 
 // --- the body -------------------------------------------------------------
@@ -87,10 +89,27 @@ function bodyFromFields() {
 function layout() {
   const canvas = size(body.canvas_size);
   if (!canvas) return;
-  const stage = $("stage"), margin = 90;
-  scale = Math.min((stage.clientWidth - 2 * margin) / canvas.w, (stage.clientHeight - 2 * margin) / canvas.h);
+  // Fit the canvas and every layer, also the parts off the canvas, which are
+  // shown dimmed; the view holds still while a layer is dragged.
+  const stage = $("stage"), margin = 24;
+  if (!dragging) {
+    let left = 0, top = 0, right = canvas.w, bottom = canvas.h;
+    for (const layer of ["template", "foreground"]) {
+      const g = layerGeometry(layer);
+      if (!g) continue;
+      left = Math.min(left, g.x); top = Math.min(top, g.y);
+      right = Math.max(right, g.x + g.w); bottom = Math.max(bottom, g.y + g.h);
+    }
+    const fit = Math.min((stage.clientWidth - 2 * margin) / (right - left), (stage.clientHeight - 2 * margin) / (bottom - top));
+    view = {
+      scale: fit,
+      ox: (stage.clientWidth - (right - left) * fit) / 2 - left * fit,
+      oy: (stage.clientHeight - (bottom - top) * fit) / 2 - top * fit,
+    };
+  }
+  scale = view.scale;
   stage.dataset.scale = String(scale);
-  const ox = (stage.clientWidth - canvas.w * scale) / 2, oy = (stage.clientHeight - canvas.h * scale) / 2;
+  const { ox, oy } = view;
   const place = (el, g) => {
     el.style.left = `${ox + g.x * scale}px`; el.style.top = `${oy + g.y * scale}px`;
     el.style.width = `${g.w * scale}px`; el.style.height = `${g.h * scale}px`;
@@ -172,7 +191,11 @@ async function upload(file, layer) {
   const k = layerKeys[layer];
   natural[layer] = { w: answer.data.width, h: answer.data.height };
   body[k.src] = answer.data.url;
-  if (!size(body[k.size])) body[k.size] = sizeText(answer.data.width, answer.data.height);
+  const current = size(body[k.size]);
+  // A picture of another shape keeps the layer's width and takes its own aspect ratio.
+  body[k.size] = current
+    ? sizeText(current.w, Math.max(1, Math.round((current.w * answer.data.height) / answer.data.width)))
+    : sizeText(answer.data.width, answer.data.height);
   update();
 }
 
@@ -200,6 +223,7 @@ function startDrag(event) {
   const start = { px: event.clientX, py: event.clientY, ...g };
   box.setPointerCapture(event.pointerId);
   event.preventDefault();
+  dragging = true;
   const move = (e) => {
     const dx = (e.clientX - start.px) / scale, dy = (e.clientY - start.py) / scale;
     if (resizing) {
@@ -212,7 +236,10 @@ function startDrag(event) {
     }
     update();
   };
-  const stop = () => { box.removeEventListener("pointermove", move); box.removeEventListener("pointerup", stop); };
+  const stop = () => {
+    box.removeEventListener("pointermove", move); box.removeEventListener("pointerup", stop);
+    dragging = false; layout();
+  };
   box.addEventListener("pointermove", move);
   box.addEventListener("pointerup", stop);
 }
@@ -227,7 +254,16 @@ $("template_file").addEventListener("change", (e) => e.target.files[0] && upload
 $("origin_file").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0], "foreground"));
 $("active_layer").addEventListener("change", layout);
 for (const box of document.querySelectorAll(".box")) box.addEventListener("pointerdown", startDrag);
-$("copy_body").addEventListener("click", () => navigator.clipboard && navigator.clipboard.writeText($("body_json").textContent));
+$("copy_body").addEventListener("click", async () => {
+  const button = $("copy_body");
+  try {
+    await navigator.clipboard.writeText($("body_json").textContent);
+    button.textContent = "Copied";
+  } catch (err) {
+    button.textContent = "Copy failed: select the text instead";
+  }
+  setTimeout(() => { button.textContent = "Copy"; }, 1500);
+});
 $("load_body").addEventListener("click", () => {
   try {
     const pasted = JSON.parse($("paste").value);
