@@ -162,3 +162,18 @@ def test_the_docs_page_works_with_the_network_blocked(mapped_server: Server) -> 
         assert tab.locator(".opblock").count() >= 3  # the three upstream operations
         browser.close()
     assert outside == []
+
+
+def test_the_readmes_removebg_photograph_renders_as_written(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "docs/removebg.png" in readme and (REPO / "docs" / "removebg.png").is_file()
+    assert "MIT" in (REPO / "fixtures" / "images" / "ANIMAL-2-LICENSE.md").read_text()
+    command = next(line for line in readme.splitlines() if "render fixtures/requests/removebg-photo.json" in line)
+    command = command.strip("`").replace(".venv/bin/compositor", f"{sys.executable} -m compositor.cli")
+    command = command.replace("-o out.png", f"-o {tmp_path / 'out.png'}")
+    done = subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    composite = Image.open(tmp_path / "out.png").convert("RGBA")
+    # The photograph's sky is gone: the top of the foreground's box shows the template, not blue sky.
+    r, g, b, _ = composite.getpixel((300, 130))
+    assert not (b > 200 and r < 100), (r, g, b)
