@@ -80,3 +80,30 @@ def test_an_unknown_log_level_is_one_line(tmp_path: Path) -> None:
         env={"COMPOSITOR_LOG_LEVEL": "loud", "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "log level" in done.stderr
+
+
+def test_a_port_in_use_is_one_line_naming_it_and_how_to_choose_another(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "compositor.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2 and done.stdout == ""  # no banner, no curl line
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "COMPOSITOR_PORT" in lines[0]
+
+
+def test_a_bad_compositor_clients_is_reported_as_that_variable(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "compositor.cli", "serve", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "COMPOSITOR_CLIENTS": "no-colon-here"},
+    )
+    assert done.returncode == 2 and "COMPOSITOR_CLIENTS" in done.stderr and "--client" not in done.stderr
