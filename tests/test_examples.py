@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO, REQUESTS, SOURCE_MAP_FILE
-from tests.test_mirror import CONFIG, Server, free_port, start_server
+from tests.test_mirror import CONFIG, Server, start_development_server, start_server
 
 # As the upstream docs print them.
 DOCUMENTED = {
@@ -65,25 +65,8 @@ def test_the_readmes_stdin_line_works_from_the_repository_root(tmp_path: Path) -
 
 
 def test_the_development_mirror_renders_the_banners_curl_body(tmp_path: Path) -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "compositor.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_development_server(tmp_path / "dev")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/openapi.json", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.2)
         key = (tmp_path / "dev" / "development-client.header").read_text().split(":", 1)[1].strip()
         body = json.loads((REQUESTS / "example-3-template-and-color.json").read_text())
         job = httpx.post(base + "/api/open/v3/content/image/bg/replace", json=body, headers={"x-api-key": key}).json()

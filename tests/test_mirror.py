@@ -89,6 +89,28 @@ def start_server(
     raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
 
 
+def start_development_server(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """`compositor serve` with no client configured (development mode, as `make
+    serve` starts it), its output piped; returned once it answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "compositor.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(base + "/openapi.json", timeout=2).status_code == 200:
+                return process, base
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise RuntimeError(f"the development server did not start: {process.communicate()[0][-2000:]}")
+
+
 CONFIG = f"""
 expiry_interval_s = 0.5
 webhook_first_delay_s = 0.2

@@ -38,6 +38,7 @@ from tests.test_mirror import (
     call,
     decrypt,
     free_port,
+    start_development_server,
     start_server,
     wait_for,
 )
@@ -605,20 +606,7 @@ def test_the_development_key_is_shown_once_then_read_from_its_file(tmp_path: Pat
 
     outputs = []
     for _ in range(2):
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "compositor.cli", "serve", "--port", str(port), "--data-dir", str(tmp_path / "dev")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.2)
+        process, _ = start_development_server(tmp_path / "dev")
         os.killpg(process.pid, signal.SIGTERM)
         outputs.append(process.communicate(timeout=30)[0])
     key = json.loads((tmp_path / "dev" / "development-client.json").read_text())["clientSecret"]
