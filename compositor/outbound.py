@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import ipaddress
 import socket
 import zlib
@@ -29,6 +30,9 @@ import httpx
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Name look-ups block a thread. Not the event loop's default executor: asyncio.run
+# waits for that one at its end, so a look-up that hangs would outlast the deadline.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="resolve")
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
 
 
@@ -79,8 +83,9 @@ async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, di
     if url.scheme not in ("http", "https") or not url.host:
         raise OutboundError("is not an http(s) URL with a host")
     port = url.port or (443 if url.scheme == "https" else 80)
+    lookup = functools.partial(socket.getaddrinfo, url.host, port, type=socket.SOCK_STREAM)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(url.host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().run_in_executor(_RESOLVER, lookup)
     except (OSError, UnicodeError):
         raise OutboundError(policy.failure) from None
     addresses = [str(info[4][0]) for info in infos]

@@ -223,3 +223,20 @@ def test_an_http_source_is_read_from_inside_a_running_event_loop(raw_server) -> 
         return load_image(server.url, "origin_img", SourcePolicy()).size
 
     assert asyncio.run(inside()) == (3, 2)
+
+
+def test_a_name_lookup_that_hangs_is_cut_off_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import compositor.outbound as outbound
+
+    real = socket.getaddrinfo
+
+    def slow(host: str, *args: object, **kwargs: object) -> object:
+        if host == "slow-dns.example":
+            time.sleep(5)  # a resolver that does not answer (nothing here can make a real one hang)
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(outbound.socket, "getaddrinfo", slow)
+    started = time.monotonic()
+    with pytest.raises(SourceError, match="could not be fetched"):
+        read_source("http://slow-dns.example/a.png", "origin_img", SourcePolicy(deadline_s=1.0))
+    assert time.monotonic() - started < 2.0
