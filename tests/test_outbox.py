@@ -81,3 +81,55 @@ def test_a_webhook_url_that_does_not_parse_is_refused_by_validation() -> None:
         report = validate({"canvas_size": "8x8", "origin_img": "a.png", "modify_origin_img_size": "4x4",
                            "overlay_origin_x": 0, "overlay_origin_y": 0, "webhookUrl": url})  # fmt: skip
         assert [e.field for e in report.errors] == ["webhookUrl"], url
+
+
+def test_a_notice_being_delivered_is_not_due_again(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_with_hook(store, "http://receiver.example/hook")
+    store.claim_next()
+    [first] = store.due_notices(10**15, set(), limit=10)
+    assert store.due_notices(10**15, set(), limit=10, in_flight={first.id}) == []
+
+
+def test_the_outbox_delivers_each_notice_once_to_a_slow_receiver(tmp_path: Path) -> None:
+    import http.server
+    import threading
+    import time
+    from collections import Counter
+
+    from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
+    from compositor.outbound import OutboundPolicy
+
+    received: Counter[str] = Counter()
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            time.sleep(0.3)  # slow, but well inside the deadline
+            received[self.headers.get("x-nonce", "") + self.path] += 1
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    jobs = []
+    for index in range(6):
+        jobs.append(job_with_hook(store, f"http://127.0.0.1:{httpd.server_address[1]}/hook/{index}"))
+        store.claim_next()
+    outbox = WebhookOutbox(store, lambda _: "a" * 32, RetryPolicy(timeout_s=5), OutboundPolicy(deadline_s=5))
+    outbox.start()
+    try:
+        deadline = time.monotonic() + 20
+        while any(n["state"] != "delivered" for j in jobs for n in store.notices(j)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # anything sent twice would land by now
+    finally:
+        outbox.stop()
+        httpd.shutdown()
+    assert all(n["state"] == "delivered" and n["attempts"] == 1 for j in jobs for n in store.notices(j))
+    assert sorted(received.values()) == [1] * 6

@@ -387,20 +387,27 @@ class JobStore:
 
     # --- the webhook outbox ---------------------------------------------------
     def due_notices(
-        self, now_ms: int, busy_receivers: set[str], busy_clients: set[str] | None = None, limit: int = 32
+        self,
+        now_ms: int,
+        busy_receivers: set[str],
+        busy_clients: set[str] | None = None,
+        limit: int = 32,
+        in_flight: set[int] | None = None,
     ) -> list[Notice]:
         """Pending notices that are due, each the oldest still pending for its
-        job (so a job's notices go out in order), oldest first, none for a
-        busy receiver or client (so a slow one's backlog never hides the others')."""
-        busy_clients = busy_clients or set()
+        job (so a job's notices go out in order), oldest first; none for a
+        busy receiver or client (so a slow one's backlog never hides the
+        others'), and none of those `in_flight` (being delivered now)."""
+        busy_clients, in_flight = busy_clients or set(), in_flight or set()
         receivers = ",".join("?" * len(busy_receivers))
         clients = ",".join("?" * len(busy_clients))
+        ids = ",".join("?" * len(in_flight))
         rows = self._read(
             "SELECT * FROM webhooks AS w WHERE state = 'pending' AND due_ms <= ?"
-            f" AND receiver NOT IN ({receivers}) AND client_id NOT IN ({clients}) AND NOT EXISTS"
-            " (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id AND e.state = 'pending' AND e.id < w.id)"
-            " ORDER BY id LIMIT ?",
-            (now_ms, *sorted(busy_receivers), *sorted(busy_clients), limit),
+            f" AND receiver NOT IN ({receivers}) AND client_id NOT IN ({clients}) AND id NOT IN ({ids})"
+            " AND NOT EXISTS (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id AND e.state = 'pending'"
+            " AND e.id < w.id) ORDER BY id LIMIT ?",
+            (now_ms, *sorted(busy_receivers), *sorted(busy_clients), *sorted(in_flight), limit),
         )
         return [_notice(row) for row in rows]
 

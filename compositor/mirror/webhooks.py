@@ -151,9 +151,15 @@ class WebhookOutbox:
         clients = Counter(notice.client_id for notice in in_flight.values())
         busy_receivers = {r for r, count in receivers.items() if count >= self.retry.per_host}
         busy_clients = {c for c, count in clients.items() if count >= self.retry.per_client}
-        due = await asyncio.to_thread(self._store.due_notices, _now_ms(), busy_receivers, busy_clients, free)
+        due = await asyncio.to_thread(
+            self._store.due_notices, _now_ms(), busy_receivers, busy_clients, free, set(in_flight)
+        )
         for notice in due:
-            if receivers[notice.receiver] >= self.retry.per_host or clients[notice.client_id] >= self.retry.per_client:
+            if (
+                notice.id in in_flight  # still being delivered: never twice at once
+                or receivers[notice.receiver] >= self.retry.per_host
+                or clients[notice.client_id] >= self.retry.per_client
+            ):
                 continue
             receivers[notice.receiver] += 1
             clients[notice.client_id] += 1
