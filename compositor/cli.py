@@ -513,7 +513,7 @@ def _print_banner(served: Any) -> None:
     print(f"  docs: {base}/docs   page: {base}/")
     for client in settings.clients:
         if client is served.development_client:
-            header = config.key_header_file(settings.data_dir)
+            header = config.key_header_file(settings.data_dir).resolve()
             shown = f"x-api-key {client.client_secret}" if served.development_client_is_new else f"key in {header}"
             print(f"  development client {client.client_id}: {shown}")
         else:
@@ -522,7 +522,7 @@ def _print_banner(served: Any) -> None:
         print(f"  or: .venv/bin/compositor submit BODY.json --base-url {base} --api-key YOUR_KEY -o out.png")
         sys.stdout.flush()
         return
-    header = config.key_header_file(settings.data_dir)
+    header = config.key_header_file(settings.data_dir).resolve()
     example = config.example_request()
     endpoint = f"{base}/api/open/v3/content/image/bg/replace"
     if example is not None:
