@@ -51,6 +51,9 @@ class DestinationRefused(OutboundError):
 class TooLarge(OutboundError):
     """The answer is over the byte cap."""
 
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"is larger than the limit of {limit} bytes")
+
 
 @dataclass(frozen=True)
 class OutboundPolicy:
@@ -102,8 +105,8 @@ async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, di
 
 async def _send(
     client: httpx.AsyncClient, method: str, url: str, policy: OutboundPolicy, *, follow: bool, **kwargs: Any
-) -> tuple[httpx.Response, httpx.URL]:
-    """The response (streaming, headers read) and the URL that gave it."""
+) -> httpx.Response:
+    """The response, streaming, its headers read."""
     target = httpx.URL(url)
     extra_headers = kwargs.pop("headers", {})
     for _ in range(policy.max_redirects + 1):
@@ -114,7 +117,7 @@ async def _send(
         response = await client.send(request, stream=True)
         location = response.headers.get("location")
         if not follow or response.status_code not in _REDIRECTS or not location:
-            return response, target
+            return response
         await response.aclose()
         target = target.join(location)
         if response.status_code == 303:
@@ -133,13 +136,12 @@ async def _read_capped(response: httpx.Response, policy: OutboundPolicy) -> byte
     if encodings and encodings[0] not in _DECODERS:
         raise OutboundError(f"could not be fetched: unsupported content encoding {encodings[0]!r}")
     decoder = zlib.decompressobj(_DECODERS[encodings[0]]) if encodings else None
-    too_large = TooLarge(f"is larger than the limit of {policy.max_bytes} bytes")
     parts: list[bytes] = []
     size = received = 0
     async for chunk in response.aiter_raw():
         received += len(chunk)
         if received > policy.max_bytes:
-            raise too_large
+            raise TooLarge(policy.max_bytes)
         while chunk:
             if decoder is None:
                 piece, chunk = chunk, b""
@@ -152,25 +154,26 @@ async def _read_capped(response: httpx.Response, policy: OutboundPolicy) -> byte
                 chunk = decoder.unconsumed_tail
             size += len(piece)
             if size > policy.max_bytes:
-                raise too_large
+                raise TooLarge(policy.max_bytes)
             parts.append(piece)
     return b"".join(parts)
 
 
-def _client() -> httpx.AsyncClient:
-    # No proxies or certificates from the environment: where a request goes is the policy's business.
+def new_client() -> httpx.AsyncClient:
+    """A client for `post_json` (and `get_bytes`'), to be used inside one event loop.
+    No proxies or certificates from the environment: where a request goes is the policy's business."""
     return httpx.AsyncClient(timeout=None, trust_env=False, follow_redirects=False)
 
 
 async def _get(url: str, policy: OutboundPolicy) -> bytes:
-    async with _client() as client:
-        response, _ = await _send(client, "GET", url, policy, follow=True, headers={"accept-encoding": "gzip, deflate"})
+    async with new_client() as client:
+        response = await _send(client, "GET", url, policy, follow=True, headers={"accept-encoding": "gzip, deflate"})
         try:
             if response.status_code != 200:
                 raise OutboundError(f"could not be fetched: HTTP {response.status_code}")
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > policy.max_bytes and "content-encoding" not in response.headers:
-                raise TooLarge(f"is larger than the limit of {policy.max_bytes} bytes")
+                raise TooLarge(policy.max_bytes)
             return await _read_capped(response, policy)
         finally:
             await response.aclose()
@@ -208,15 +211,10 @@ async def post_json(client: httpx.AsyncClient, url: str, payload: Any, policy: O
     in (the body is not waited for). Redirects are not followed."""
     try:
         async with asyncio.timeout(policy.deadline_s):
-            response, _ = await _send(client, "POST", url, policy, follow=False, json=payload)
+            response = await _send(client, "POST", url, policy, follow=False, json=payload)
             await response.aclose()
             return response.status_code
     except OutboundError:
         raise
     except Exception:  # timeouts, transport errors, and what a malformed URL makes httpx raise
         raise OutboundError(policy.failure) from None
-
-
-def new_client() -> httpx.AsyncClient:
-    """A client for `post_json`, to be used inside one event loop."""
-    return _client()

@@ -142,8 +142,8 @@ _DECODE_FAILURES = (
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return text
+    """The first line of a decoder's message, or its exception's name when it has none."""
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def decoded_bytes(width: int, height: int, mode: str) -> int:
