@@ -83,8 +83,8 @@ class MirrorSettings:
     def uploads_dir(self) -> Path:
         return self.data_dir / "uploads"
 
-    @property
-    def sources(self) -> SourcePolicy:
+    @functools.cached_property
+    def sources(self) -> SourcePolicy:  # made once: every job and preview reads it
         # The mirror's own uploads are read from its disk, never fetched from itself over HTTP
         # (which private-network rules would refuse when it listens on a private address).
         own = SourceMap.from_entries({f"{self.public_base_url}/uploads/": self.uploads_dir})
@@ -199,12 +199,11 @@ class Mirror:
                 self._store_outcomes()
                 self._claim()
                 delay = BACKOFF_S[0]
-            except StoreError as exc:
-                log.error("the job store failed (%s); trying again in %.1f s", exc.reason, delay)
-                self._stopping.wait(delay)
-                delay = min(delay * 2, BACKOFF_S[1])
-            except Exception:
-                log.exception("the dispatcher failed; trying again in %.1f s", delay)
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    log.error("the job store failed (%s); trying again in %.1f s", exc.reason, delay)
+                else:
+                    log.exception("the dispatcher failed; trying again in %.1f s", delay)
                 self._stopping.wait(delay)
                 delay = min(delay * 2, BACKOFF_S[1])
             paused = self._paused_until - time.monotonic()
@@ -222,9 +221,10 @@ class Mirror:
             self.webhooks.wake()
             _job_line(job, "processing")
             self._in_flight[job.id] = job
-            result = self.settings.results_dir / f"{job.id}.png"
             budget = self.settings.memory_budget
-            future = self.pool.submit(render_to_file, job.body, str(result), self.settings.sources, budget)
+            future = self.pool.submit(
+                render_to_file, job.body, str(self._result_path(job)), self.settings.sources, budget
+            )
             future.add_done_callback(functools.partial(self._answered, job))
 
     def _answered(self, job: Job, done: Future[RenderOutcome]) -> None:
@@ -258,13 +258,11 @@ class Mirror:
                 _job_line(job, "requeued", str(exc))
             else:
                 log.warning("job %s: %s, %d times; failing it", job.id, exc, job.attempts)
-                self.store.fail(job.id, [f"{exc}, {job.attempts} times"])
-                _job_line(job, "failed", f"{exc}, {job.attempts} times")
+                self._fail(job, f"{exc}, {job.attempts} times")
             return
         except Exception as exc:
             log.error("job %s: the render failed unexpectedly: %s", job.id, exc)
-            self.store.fail(job.id, ["the render failed unexpectedly"])
-            _job_line(job, "failed", "the render failed unexpectedly")
+            self._fail(job, "the render failed unexpectedly")
             return
         if outcome.transient:
             pause = 5.0
@@ -273,12 +271,18 @@ class Mirror:
             self._paused_until = time.monotonic() + pause
             _job_line(job, "requeued", outcome.failure)
         elif outcome.failure is None:
-            url = f"{self.settings.public_base_url}/results/{job.id}.png"
-            self.store.complete(job.id, str(self.settings.results_dir / f"{job.id}.png"), url)
+            result = self._result_path(job)
+            self.store.complete(job.id, str(result), f"{self.settings.public_base_url}/results/{result.name}")
             _job_line(job, "completed")
         else:
-            self.store.fail(job.id, [outcome.failure])
-            _job_line(job, "failed", outcome.failure)
+            self._fail(job, outcome.failure)
+
+    def _fail(self, job: Job, reason: str) -> None:
+        self.store.fail(job.id, [reason])
+        _job_line(job, "failed", reason)
+
+    def _result_path(self, job: Job) -> Path:
+        return self.settings.results_dir / f"{job.id}.png"
 
     def _secret_for(self, client_id: str) -> str | None:
         client = self.accounts.get(client_id)
