@@ -297,7 +297,7 @@ class JobStore:
 
     def create(self, client: Client, body: dict[str, Any]) -> Job:
         """Store a queued job, charging the client's credits in the same transaction."""
-        now = _now_ms()
+        now = now_ms()
         job = Job(
             id=secrets.token_hex(12),
             image_id=str(uuid.uuid4()),
@@ -335,7 +335,7 @@ class JobStore:
                 "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts + 1"
                 " WHERE id = (SELECT id FROM jobs WHERE status = ? ORDER BY create_time, rowid LIMIT 1)"
                 " RETURNING *",
-                (PROCESSING, _now_ms(), QUEUEING),
+                (PROCESSING, now_ms(), QUEUEING),
             ).fetchone()
             if row is None:
                 return None
@@ -355,7 +355,7 @@ class JobStore:
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts - ? WHERE id = ? AND status = ?",
-                (QUEUEING, _now_ms(), 0 if count_attempt else 1, job_id, PROCESSING),
+                (QUEUEING, now_ms(), 0 if count_attempt else 1, job_id, PROCESSING),
             )
 
     def _finish(self, job_id: str, status: int, **columns: str) -> None:
@@ -363,7 +363,7 @@ class JobStore:
         with self._transaction() as db:
             row = db.execute(
                 f"UPDATE jobs SET status = ?, updated_time = ?, {assignments} WHERE id = ? AND status = ? RETURNING *",
-                (status, _now_ms(), *columns.values(), job_id, PROCESSING),
+                (status, now_ms(), *columns.values(), job_id, PROCESSING),
             ).fetchone()
             if row is not None:
                 _queue_notice(db, _job(row), status)
@@ -372,7 +372,7 @@ class JobStore:
         """Jobs left processing by a process that died go back to the queue."""
         with self._transaction() as db:
             return db.execute(
-                "UPDATE jobs SET status = ?, updated_time = ? WHERE status = ?", (QUEUEING, _now_ms(), PROCESSING)
+                "UPDATE jobs SET status = ?, updated_time = ? WHERE status = ?", (QUEUEING, now_ms(), PROCESSING)
             ).rowcount
 
     def expire(self, older_than_ms: int) -> list[str]:
@@ -388,7 +388,7 @@ class JobStore:
     # --- the webhook outbox ---------------------------------------------------
     def due_notices(
         self,
-        now_ms: int,
+        at_ms: int,
         busy_receivers: set[str],
         busy_clients: set[str] | None = None,
         limit: int = 32,
@@ -407,7 +407,7 @@ class JobStore:
             f" AND receiver NOT IN ({receivers}) AND client_id NOT IN ({clients}) AND id NOT IN ({ids})"
             " AND NOT EXISTS (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id AND e.state = 'pending'"
             " AND e.id < w.id) ORDER BY id LIMIT ?",
-            (now_ms, *sorted(busy_receivers), *sorted(busy_clients), *sorted(in_flight), limit),
+            (at_ms, *sorted(busy_receivers), *sorted(busy_clients), *sorted(in_flight), limit),
         )
         return [_notice(row) for row in rows]
 
@@ -455,7 +455,7 @@ def _queue_notice(db: sqlite3.Connection, job: Job, status: int) -> None:
             receiver_of(url),
             status,
             job.image_url if status == COMPLETED else None,
-            _now_ms(),
+            now_ms(),
         ),
     )
 
@@ -491,5 +491,5 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
     return int(time.time() * 1000)

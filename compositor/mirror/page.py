@@ -55,6 +55,12 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     async def cross_site(_: Request, exc: CrossSiteError) -> JSONResponse:
         return JSONResponse({"code": int(ApiCode.INVALID_AUTHORIZATION), "msg": str(exc)}, status_code=403)
 
+    def check_host(request: Request) -> None:
+        """A loopback name (or a configured one) in the Host header: no DNS rebinding."""
+        host = _hostname(request.headers.get("host", ""))
+        if host not in allowed_hosts:
+            raise CrossSiteError(f"the page answers on loopback names only, not host {host!r} (see --page-host)")
+
     def check_caller(request: Request, content_types: tuple[str, ...]) -> None:
         """The page's endpoints render and read files without an account on
         loopback, so any web page the developer opens could call them. A call
@@ -75,9 +81,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
             loopback_peer = False
         if not loopback_peer:
             mirror.authenticate(None, None)  # 1102: authorization cannot be empty
-        host = _hostname(request.headers.get("host", ""))
-        if host not in allowed_hosts:
-            raise CrossSiteError(f"the page answers on loopback names only, not host {host!r} (see --page-host)")
+        check_host(request)
         origin = request.headers.get("origin")
         if origin is not None and (origin == "null" or _hostname(urlsplit(origin).netloc) not in allowed_hosts):
             raise CrossSiteError("cross-site requests are refused")
@@ -139,9 +143,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     async def preview_source(request: Request, url: str = "") -> Response:
         """A source the page shows but the browser cannot fetch (a mapped CDN URL,
         offline): served from the file the source map names, and nothing else."""
-        host = _hostname(request.headers.get("host", ""))
-        if host not in allowed_hosts:
-            raise CrossSiteError(f"the page answers on loopback names only, not host {host!r} (see --page-host)")
+        check_host(request)
         source_map = settings.sources.source_map
         try:
             path = source_map.resolve(url, "url") if source_map is not None else None

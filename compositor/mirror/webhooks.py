@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from compositor.mirror.models import JobStore, Notice, StoreError
+from compositor.mirror.models import JobStore, Notice, StoreError, now_ms
 from compositor.outbound import OutboundError, OutboundPolicy, new_client, post_json
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,8 @@ class RetryPolicy:
 
 class WebhookOutbox:
     """Delivers the store's webhook outbox: a thread with an event loop, many
-    deliveries at once (at most `per_host` to one receiver, so a slow one
-    delays only its own), a job's notices in order, each attempt under one
+    deliveries at once (at most `per_host` to one receiver and `per_client`
+    for one client, so a slow one delays only its own), a job's notices in order, each attempt under one
     deadline, and every attempt recorded in the store, so nothing owed is
     forgotten by a restart."""
 
@@ -152,7 +152,7 @@ class WebhookOutbox:
         busy_receivers = {r for r, count in receivers.items() if count >= self.retry.per_host}
         busy_clients = {c for c, count in clients.items() if count >= self.retry.per_client}
         due = await asyncio.to_thread(
-            self._store.due_notices, _now_ms(), busy_receivers, busy_clients, free, set(in_flight)
+            self._store.due_notices, now_ms(), busy_receivers, busy_clients, free, set(in_flight)
         )
         for notice in due:
             if (
@@ -197,7 +197,7 @@ class WebhookOutbox:
         attempt = notice.attempts + 1
         retry_at = None
         if not delivered and secret is not None and attempt < self.retry.attempts:
-            retry_at = _now_ms() + int(self.retry.delay(attempt) * 1000)
+            retry_at = now_ms() + int(self.retry.delay(attempt) * 1000)
         elif not delivered:
             log.warning("webhook for job %s abandoned after %d attempt(s): %s", notice.job_id, attempt, error)
         try:
@@ -211,7 +211,3 @@ class WebhookOutbox:
             )
         except StoreError as exc:  # it stays pending as it was: sent again later, at least once
             log.error("webhooks: cannot record a delivery (%s)", exc.reason)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
