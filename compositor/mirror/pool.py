@@ -69,6 +69,7 @@ def _worker_main(tasks: Connection, parent: int, name: str, initializer: Callabl
         if task is None:
             return
         fn, args = task
+        tasks.send(("started", None))  # from here on, a death is this task's
         try:
             answer: tuple[str, Any] = ("ok", fn(*args))
         except BaseException as exc:  # the parent gets a message, not an unpicklable exception
@@ -141,16 +142,10 @@ class WorkerPool:
                 fn, args, future = task
                 if not future.set_running_or_notify_cancel():
                     continue
-                if not process.is_alive():  # it died while idle: the task has not started, no one's fault
-                    process, conn = self._replace(index, process, conn)
                 try:
-                    conn.send((fn, args))
-                except (EOFError, OSError):
-                    process, conn = self._replace(index, process, conn)
-                    future.set_exception(WorkerDied(DIED))
-                    continue
-                except Exception as exc:  # could not be pickled (too deep, say): the worker never saw it
-                    future.set_exception(WorkerError(f"the task could not be sent to a worker ({type(exc).__name__})"))
+                    process, conn = self._hand_over(index, process, conn, fn, args)
+                except (WorkerDied, WorkerError) as exc:
+                    future.set_exception(exc)
                     continue
                 try:
                     kind, value = conn.recv()
@@ -168,6 +163,29 @@ class WorkerPool:
         finally:
             self._processes.pop(index, None)
             self._stop(process, conn)
+
+    def _hand_over(
+        self,
+        index: int,
+        process: multiprocessing.process.BaseProcess,
+        conn: Connection,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+    ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        """Send a task and wait for the worker to say it started it. A worker
+        that dies before that (killed while idle, say) has not started the
+        task: no one's fault, so a fresh worker gets it. The process and
+        connection now running it are returned."""
+        for _ in range(3):
+            try:
+                conn.send((fn, args))
+                conn.recv()  # ("started", None)
+                return process, conn
+            except (EOFError, OSError):
+                process, conn = self._replace(index, process, conn)
+            except Exception as exc:  # could not be pickled (too deep, say): the worker never saw it
+                raise WorkerError(f"the task could not be sent to a worker ({type(exc).__name__})") from None
+        raise WorkerDied("render processes keep ending before they start a task")
 
     def _replace(
         self, index: int, process: multiprocessing.process.BaseProcess, conn: Connection
