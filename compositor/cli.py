@@ -147,6 +147,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "--page-host", action="append", metavar="NAME", help="a host name the preview page answers on, beside loopback"
     )
     _add_source_map_argument(serve)
+    serve.add_argument(
+        "--admin-token",
+        help="the test controls under /_mirror/ need it in the x-mirror-admin header ($COMPOSITOR_ADMIN_TOKEN);"
+        " without it they are open on a loopback bind and off elsewhere",
+    )
+    serve.add_argument(
+        "--scenario", type=Path, help="a TOML file of fault rules and a job policy to start with ($COMPOSITOR_SCENARIO)"
+    )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     serve.add_argument("--log-format", choices=("text", "json"), help="text (default) or one JSON object a line")
     serve.set_defaults(handler=_serve)
@@ -431,6 +439,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from compositor.mirror import config
+    from compositor.mirror.connections import droppable_protocol
     from compositor.mirror.lock import DataDirInUseError
     from compositor.mirror.models import StoreError
     from compositor.mirror.responses import create_app
@@ -450,6 +459,8 @@ def _serve(args: argparse.Namespace) -> int:
         "allow_private_networks": args.allow_private_networks,
         "page_host": args.page_host,
         "source_map": args.source_map,
+        "admin_token": args.admin_token,
+        "scenario": args.scenario,
     }
     from compositor import logs
 
@@ -481,7 +492,9 @@ def _serve(args: argparse.Namespace) -> int:
     _print_banner(served)
     logs.configure(level, log_format)
     # uvicorn's own loggers go through ours (its access log is replaced by compositor.access).
-    server = uvicorn.Server(uvicorn.Config(create_app(mirror), log_config=None, access_log=False))
+    # The HTTP protocol is uvicorn's own, able to drop a connection for a fault rule (connections.py).
+    app_config = uvicorn.Config(create_app(mirror), log_config=None, access_log=False, http=droppable_protocol())
+    server = uvicorn.Server(app_config)
     server.run(sockets=[listener])
     return EXIT_OK
 
@@ -511,6 +524,14 @@ def _print_banner(served: Any) -> None:
     base = settings.public_base_url
     print(f"compositor mirror on {base}  (data in {settings.data_dir}, {settings.workers} workers)")
     print(f"  docs: {base}/docs   page: {base}/")
+    if settings.admin_token is not None:
+        print(f"  test controls: {base}/_mirror/ (with the admin token in the x-mirror-admin header)")
+    elif settings.controls_enabled:
+        print(f"  test controls: {base}/_mirror/ (open: this server listens on loopback only)")
+    if settings.scenario is not None:
+        print(
+            f"  scenario: {len(settings.scenario.faults)} fault rule(s), policy {settings.scenario.policy or 'default'}"
+        )
     for client in settings.clients:
         if client is served.development_client:
             header = config.key_header_file(settings.data_dir).resolve()

@@ -144,3 +144,72 @@ def local_sources(body: dict[str, Any], base_dir: Path | None) -> dict[str, tupl
             raise ValueError(f"{name}: is not a PNG, JPEG, WebP or GIF image, so it is not sent")
         found[name] = (data, kind)
     return found
+
+
+class MirrorControlError(ValueError):
+    """The control plane refused a call: `status` is its HTTP status, `field` the input it names (if any)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        self.status = status
+        self.message = message
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class MirrorControl:
+    """The mirror's test controls (`/_mirror/`), from Python: the same methods
+    as the in-process mock's (`compositor.testing`). `http` is any httpx
+    client (the mock passes its in-process one)."""
+
+    def __init__(self, base_url: str, admin_token: str | None = None, *, http: httpx.Client | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"x-mirror-admin": admin_token} if admin_token else {}
+        self._http = http or httpx.Client(timeout=30.0)
+        self._headers = headers
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self._http.request(method, f"{self.base_url}/_mirror{path}", json=body, headers=self._headers)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = {"error": response.text[:200]}
+        if response.status_code >= 400:
+            if response.status_code == 404 and "error" not in answer:
+                raise MirrorControlError(
+                    404, "this mirror's test controls are off (bind it to loopback, or set an admin token)"
+                )
+            raise MirrorControlError(response.status_code, str(answer.get("error")), answer.get("field"))
+        return answer
+
+    def add_fault(self, **rule: Any) -> dict[str, Any]:
+        """Add a fault rule (SPEC: operation, client_id, code | http_status | drop | tamper, latency_ms,
+        probability, seed, times); the rule as stored, with its `id`."""
+        return dict(self._call("POST", "/faults", rule))
+
+    def faults(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/faults")["faults"])
+
+    def remove_fault(self, rule_id: str) -> None:
+        self._call("DELETE", f"/faults/{rule_id}")
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "/faults")
+
+    def set_job_policy(self, **policy: Any) -> dict[str, Any]:
+        """queueing_polls, processing_polls, fail (a reason), times; no arguments restore the default."""
+        return dict(self._call("POST", "/jobs/policy", policy))
+
+    def fail_job(self, job_id: str, reason: str) -> dict[str, Any]:
+        return dict(self._call("POST", f"/jobs/{job_id}/fail", {"reason": reason}))
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/jobs")["jobs"])
+
+    def requests(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/requests")["requests"])
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/webhooks")["deliveries"])
+
+    def reset(self) -> None:
+        self._call("POST", "/reset")

@@ -61,10 +61,20 @@ class OutboundPolicy:
     max_bytes: int = 64 * 1024 * 1024
     allow_private: bool = True
     max_redirects: int = 5
+    local_only: bool = False  # this machine's loopback addresses only, with no name look-up (the mock)
 
     @property
     def failure(self) -> str:
         return f"could not be fetched (the connection failed, or no whole answer came within {self.deadline_s:g} s)"
+
+
+def _is_loopback_name(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def is_refused_address(address: str) -> bool:
@@ -86,6 +96,8 @@ async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, di
     if url.scheme not in ("http", "https") or not url.host:
         raise OutboundError("is not an http(s) URL with a host")
     port = url.port or (443 if url.scheme == "https" else 80)
+    if policy.local_only and not _is_loopback_name(url.host):
+        raise DestinationRefused("is not on this machine, and nothing beyond it is reached here")
     lookup = functools.partial(socket.getaddrinfo, url.host, port, type=socket.SOCK_STREAM)
     try:
         infos = await asyncio.get_running_loop().run_in_executor(_RESOLVER, lookup)

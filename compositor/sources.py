@@ -47,6 +47,7 @@ class SourcePolicy:
     max_pixels: int = 100_000_000
     allow_private: bool = True  # http(s) to loopback, private and link-local addresses
     source_map: SourceMap | None = None  # URLs read from local files instead (never fetched)
+    local_only: bool = False  # http(s) to this machine only (the mock: nothing leaves it)
 
 
 def check_source_reference(ref: str) -> str | None:
@@ -239,7 +240,10 @@ def _read_http(url: str, field: str, policy: SourcePolicy) -> bytes:
 
     try:
         network = OutboundPolicy(
-            deadline_s=policy.deadline_s, max_bytes=policy.max_bytes, allow_private=policy.allow_private
+            deadline_s=policy.deadline_s,
+            max_bytes=policy.max_bytes,
+            allow_private=policy.allow_private,
+            local_only=policy.local_only,
         )
         return get_bytes(url, network)
     except OutboundError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from compositor.budget import MB
+from compositor.mirror.controls import ControlInputError, load_scenario
 from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.webhooks import RetryPolicy
@@ -143,6 +144,15 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
             if (FIXTURES / "source-map.json").is_file():
                 source_map = load_source_map(FIXTURES / "source-map.json").merged(source_map)
 
+    admin_token = pick("admin_token", "COMPOSITOR_ADMIN_TOKEN", None) or None
+    if admin_token is not None and len(admin_token) < 8:
+        raise ConfigError("the admin token must be at least 8 characters")
+    scenario_path = pick("scenario", "COMPOSITOR_SCENARIO", None)
+    try:
+        scenario = load_scenario(Path(scenario_path)) if scenario_path else None
+    except ControlInputError as exc:
+        raise ConfigError(f"scenario {exc}") from None
+
     if len({c.client_id for c in clients}) != len(clients):
         raise ConfigError("two clients share an id")
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -158,6 +168,9 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         allow_private=allow_private,
         page_hosts=page_hosts,
         source_map=source_map,
+        controls_open=is_loopback(host),
+        admin_token=admin_token,
+        scenario=scenario,
         body_limit=int(file.get("max_body_bytes", MB)),
         source_deadline_s=float(file.get("source_deadline_s", 30.0)),
         webhook_retry=RetryPolicy(

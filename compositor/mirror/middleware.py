@@ -23,6 +23,7 @@ from typing import Any
 from starlette.requests import Request
 
 from compositor.errors import ApiCode
+from compositor.mirror.controls import Journal
 from compositor.mirror.models import ApiError
 
 log = logging.getLogger("compositor.mirror")
@@ -98,10 +99,13 @@ access_log = logging.getLogger("compositor.access")
 
 class AccessLog:
     """One line per request: method, path, HTTP status, the envelope's code,
-    the client, the time taken. Never a header, a query's secret or a body."""
+    the client, the time taken. Never a header, a query's secret or a body.
+    An API call (a route that set `state.operation`) also goes into the
+    test controls' journal, with the fault rule that answered it."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, journal: Journal | None = None) -> None:
         self.app = app
+        self.journal = journal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,19 +128,25 @@ class AccessLog:
             await self.app(scope, receive, watched)
         finally:
             code = _code_of(seen["head"]) if seen["json"] else None
+            state = scope.get("state", {})
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            fields = {"status": seen["status"], "code": code, "client_id": state.get("client_id")}
+            if state.get("fault"):
+                fields["fault"] = state["fault"]
             access_log.info(
-                "%s %s",
-                scope.get("method"),
-                scope.get("path"),
-                extra={
-                    "fields": {
-                        "status": seen["status"],
-                        "code": code,
-                        "client_id": scope.get("state", {}).get("client_id"),
-                        "ms": round((time.perf_counter() - started) * 1000, 1),
-                    }
-                },
+                "%s %s", scope.get("method"), scope.get("path"), extra={"fields": fields | {"ms": round(elapsed_ms, 1)}}
             )
+            if self.journal is not None and state.get("operation"):
+                self.journal.record(
+                    method=str(scope.get("method")),
+                    path=str(scope.get("path")),
+                    operation=state["operation"],
+                    client_id=state.get("client_id"),
+                    http_status=seen["status"],
+                    code=code,
+                    latency_ms=elapsed_ms,
+                    fault=state.get("fault"),
+                )
 
 
 def _code_of(head: bytes) -> int | None:

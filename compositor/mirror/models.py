@@ -5,6 +5,7 @@ is `responses.py`) or about pixels (that is the engine, run by `worker.py`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import sqlite3
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 import jwt
 
 from compositor.errors import ApiCode
+from compositor.mirror.controls import JobPolicy
 
 CREDITS_PER_JOB = 4  # the docs' deduction_credit
 TOKEN_LIFETIME_S = 400 * 24 * 3600  # upstream tokens are valid for more than a year
@@ -62,15 +64,29 @@ class Client:
 class Accounts:
     """Who may call, with which credentials, how often."""
 
-    def __init__(self, clients: list[Client], signing_key: bytes) -> None:
+    def __init__(self, clients: list[Client], signing_key: bytes, *, open_registration: bool = False) -> None:
         self._by_id = {c.client_id: c for c in clients}
         self._by_secret = {c.client_secret: c for c in clients}
         self._signing_key = signing_key
         self._recent: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        # The mock's accounts: as moto takes any credentials, any key or well-formed secret is a client.
+        self._open = open_registration
+
+    def _register(self, client_id: str, client_secret: str) -> Client | None:
+        try:
+            client = Client(client_id, client_secret)
+        except ValueError:
+            return None
+        with self._lock:
+            known = self._by_id.setdefault(client_id, client)
+            self._by_secret.setdefault(client_secret, known)
+        return known
 
     def issue_token(self, client_id: object, client_secret: object) -> str:
         client = self._by_id.get(client_id) if isinstance(client_id, str) else None
+        if client is None and self._open and isinstance(client_id, str) and isinstance(client_secret, str):
+            client = self._register(client_id, client_secret)
         if (
             client is None
             or not isinstance(client_secret, str)
@@ -99,6 +115,8 @@ class Accounts:
                 raise ApiError(ApiCode.INVALID_AUTHORIZATION, "the token's client no longer exists")
         elif api_key:
             client = self._by_secret.get(api_key)
+            if client is None and self._open:
+                client = self._register(*open_client(api_key))
             if client is None:
                 raise ApiError(ApiCode.INVALID_AUTHORIZATION, "invalid x-api-key")
         else:
@@ -123,6 +141,20 @@ class Accounts:
     def get(self, client_id: str) -> Client | None:
         return self._by_id.get(client_id)
 
+    def forget_rates(self) -> None:
+        with self._lock:
+            self._recent.clear()
+
+
+def open_client(api_key: str) -> tuple[str, str]:
+    """The client id and webhook secret the mock gives a key it has not seen:
+    the id is derived from the key (so a journal shows no key); the secret is
+    the key itself when it is an AES key length (16, 24 or 32 bytes), as
+    upstream's keys are, else 32 characters derived from it."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    secret = api_key if len(api_key.encode()) in (16, 24, 32) else digest[:32]
+    return f"key-{digest[:12]}", secret
+
 
 @dataclass
 class Job:
@@ -139,6 +171,31 @@ class Job:
     error_reasons: list[str] = field(default_factory=list)
     expired: bool = False
     attempts: int = 0
+    # A job policy (test controls): status 1 for the first `queueing_polls`
+    # info polls, 2 for the next `processing_polls`; runs (or fails with
+    # `fail_reason`) once `polls` reaches `release_polls`.
+    queueing_polls: int = 0
+    processing_polls: int = 0
+    fail_reason: str | None = None
+    polls: int = 0
+    release_polls: int = 0
+
+    @property
+    def visible_status(self) -> int:
+        """What a poll answers: a held job past its queueing polls is processing, as far as its caller knows."""
+        if self.status == QUEUEING and self.release_polls and self.polls > self.queueing_polls:
+            return PROCESSING
+        return self.status
+
+    def summary(self) -> dict[str, Any]:
+        """The job as the control plane lists it."""
+        return {
+            "_id": self.id,
+            "client_id": self.client_id,
+            "image_status": self.visible_status,
+            "create_time": self.create_time,
+            "error_reasons": list(self.error_reasons),
+        }
 
     def to_api(self) -> dict[str, Any]:
         """The record as the docs' examples show it."""
@@ -148,8 +205,8 @@ class Job:
             "type": 3,
             "faceswap_quality": 2,
             "image_id": self.image_id,
-            "image_sub_status": self.status,
-            "image_status": self.status,
+            "image_sub_status": self.visible_status,
+            "image_status": self.visible_status,
             "deduction_credit": CREDITS_PER_JOB,
             "buttons": [],
             "used_buttons": [],
@@ -180,7 +237,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_path TEXT,
     error_reasons TEXT NOT NULL DEFAULT '[]',
     expired INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    queueing_polls INTEGER NOT NULL DEFAULT 0,
+    processing_polls INTEGER NOT NULL DEFAULT 0,
+    fail_reason TEXT,
+    polls INTEGER NOT NULL DEFAULT 0,
+    release_polls INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, create_time);
 CREATE TABLE IF NOT EXISTS credits (client_id TEXT PRIMARY KEY, used INTEGER NOT NULL);
@@ -264,6 +326,7 @@ class JobStore:
             if problems != ["ok"]:
                 raise StoreDamagedError(f"the job database {path} is damaged ({problems[0]})")
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         except sqlite3.Error as exc:
             error = _store_error(exc)
             raise type(error)(f"{error.reason}: {path} ({exc})") from None
@@ -295,9 +358,11 @@ class JobStore:
             except sqlite3.Error as exc:
                 raise _store_error(exc) from None
 
-    def create(self, client: Client, body: dict[str, Any]) -> Job:
+    def create(self, client: Client, body: dict[str, Any], policy: JobPolicy | None = None) -> Job:
         """Store a queued job, charging the client's credits in the same transaction."""
         now = now_ms()
+        policy = policy or JobPolicy()
+        held = policy.queueing_polls + policy.processing_polls
         job = Job(
             id=secrets.token_hex(12),
             image_id=str(uuid.uuid4()),
@@ -307,6 +372,11 @@ class JobStore:
             status=QUEUEING,
             create_time=now,
             updated_time=now,
+            queueing_polls=policy.queueing_polls,
+            processing_polls=policy.processing_polls,
+            fail_reason=policy.fail,
+            # Released by the poll after the held ones; a policy that holds nothing releases at once.
+            release_polls=held + 1 if held else 0,
         )
         with self._transaction() as db:
             if client.quota is not None:
@@ -318,24 +388,52 @@ class JobStore:
                 if charged == 0:
                     raise ApiError(ApiCode.QUOTA_NOT_ENOUGH, "quota is not enough")
             db.execute(
-                "INSERT INTO jobs (id, image_id, client_id, uid, body, status, create_time, updated_time)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.image_id, job.client_id, job.uid, json.dumps(body), QUEUEING, now, now),
+                "INSERT INTO jobs (id, image_id, client_id, uid, body, status, create_time, updated_time,"
+                " queueing_polls, processing_polls, fail_reason, release_polls)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *(job.id, job.image_id, job.client_id, job.uid, json.dumps(body), QUEUEING, now, now),
+                    *(job.queueing_polls, job.processing_polls, job.fail_reason, job.release_polls),
+                ),
             )
+        return job
+
+    def poll(self, job_id: str) -> Job | None:
+        """The job, as one more info poll leaves it: a job held by a policy
+        counts the poll, turns processing (its notice queued) after its
+        queueing polls, and is released (or failed, with its policy's reason)
+        after its processing polls."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE jobs SET polls = polls + 1 WHERE id = ? AND status = ? AND polls < release_polls RETURNING *",
+                (job_id, QUEUEING),
+            ).fetchone()
+            if row is None:
+                row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                return _job(row) if row is not None else None
+            job = _job(row)
+            if job.polls == job.queueing_polls + 1 and job.processing_polls:
+                _queue_notice(db, job, PROCESSING)
+            if job.polls >= job.release_polls and job.fail_reason is not None:
+                finished = self._finish_in(db, job.id, FAILED, (QUEUEING,), error_reasons=json.dumps([job.fail_reason]))
+                return finished or job
         return job
 
     def get(self, job_id: str) -> Job | None:
         rows = self._read("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
-    def claim_next(self) -> Job | None:
-        """The oldest queued job, now marked processing (its notice queued); None when none waits."""
+    def claim_next(self, job_id: str | None = None) -> Job | None:
+        """The oldest queued job that no policy holds (or that one job, if
+        it may run), now marked processing (its notice queued); None when
+        none waits."""
+        which = "AND id = ?" if job_id is not None else ""
         with self._transaction() as db:
             row = db.execute(
                 "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts + 1"
-                " WHERE id = (SELECT id FROM jobs WHERE status = ? ORDER BY create_time, rowid LIMIT 1)"
-                " RETURNING *",
-                (PROCESSING, now_ms(), QUEUEING),
+                " WHERE id = (SELECT id FROM jobs WHERE status = ? AND polls >= release_polls"
+                f" {which} ORDER BY create_time, rowid LIMIT 1) RETURNING *",
+                (PROCESSING, now_ms(), QUEUEING, *([job_id] if job_id is not None else [])),
             ).fetchone()
             if row is None:
                 return None
@@ -343,11 +441,30 @@ class JobStore:
             _queue_notice(db, job, PROCESSING)
         return job
 
-    def complete(self, job_id: str, result_path: str, image_url: str) -> None:
-        self._finish(job_id, COMPLETED, result_path=result_path, image_url=image_url)
+    def complete(self, job_id: str, result_path: str, image_url: str) -> bool:
+        """Whether the job was still processing (it may have been failed by hand, or forgotten by a reset)."""
+        return self._finish(job_id, COMPLETED, result_path=result_path, image_url=image_url) is not None
 
     def fail(self, job_id: str, reasons: list[str]) -> None:
         self._finish(job_id, FAILED, error_reasons=json.dumps(reasons))
+
+    def fail_unfinished(self, job_id: str, reason: str) -> Job | None:
+        """A queued or processing job ended with status 4 and `reason` (its
+        webhook queued); None when there is no such job or it has ended."""
+        with self._transaction() as db:
+            return self._finish_in(db, job_id, FAILED, (QUEUEING, PROCESSING), error_reasons=json.dumps([reason]))
+
+    def jobs(self) -> list[Job]:
+        return [_job(row) for row in self._read("SELECT * FROM jobs ORDER BY create_time, rowid")]
+
+    def forget_all(self) -> list[str]:
+        """Every job, notice and credit spent, gone (clients stay, in the
+        server's settings); the paths of the results that were stored."""
+        with self._transaction() as db:
+            paths = [row[0] for row in db.execute("SELECT result_path FROM jobs WHERE result_path IS NOT NULL")]
+            for table in ("jobs", "webhooks", "credits"):
+                db.execute(f"DELETE FROM {table}")
+        return paths
 
     def requeue(self, job_id: str, *, count_attempt: bool = True) -> None:
         """A processing job back in the queue, to run again. An attempt that
@@ -358,15 +475,26 @@ class JobStore:
                 (QUEUEING, now_ms(), 0 if count_attempt else 1, job_id, PROCESSING),
             )
 
-    def _finish(self, job_id: str, status: int, **columns: str) -> None:
-        assignments = ", ".join(f"{name} = ?" for name in columns)
+    def _finish(self, job_id: str, status: int, **columns: str) -> Job | None:
         with self._transaction() as db:
-            row = db.execute(
-                f"UPDATE jobs SET status = ?, updated_time = ?, {assignments} WHERE id = ? AND status = ? RETURNING *",
-                (status, now_ms(), *columns.values(), job_id, PROCESSING),
-            ).fetchone()
-            if row is not None:
-                _queue_notice(db, _job(row), status)
+            return self._finish_in(db, job_id, status, (PROCESSING,), **columns)
+
+    @staticmethod
+    def _finish_in(
+        db: sqlite3.Connection, job_id: str, status: int, from_statuses: tuple[int, ...], **columns: str
+    ) -> Job | None:
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        states = ", ".join("?" * len(from_statuses))
+        row = db.execute(
+            f"UPDATE jobs SET status = ?, updated_time = ?, {assignments} WHERE id = ? AND status IN ({states})"
+            " RETURNING *",
+            (status, now_ms(), *columns.values(), job_id, *from_statuses),
+        ).fetchone()
+        if row is None:
+            return None
+        job = _job(row)
+        _queue_notice(db, job, status)
+        return job
 
     def requeue_interrupted(self) -> int:
         """Jobs left processing by a process that died go back to the queue."""
@@ -488,7 +616,27 @@ def _job(row: sqlite3.Row) -> Job:
         error_reasons=json.loads(row["error_reasons"]),
         expired=bool(row["expired"]),
         attempts=row["attempts"],
+        queueing_polls=row["queueing_polls"],
+        processing_polls=row["processing_polls"],
+        fail_reason=row["fail_reason"],
+        polls=row["polls"],
+        release_polls=row["release_polls"],
     )
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Data dirs made before job policies existed get their columns (with defaults that hold nothing)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    wanted = {
+        "queueing_polls": "INTEGER NOT NULL DEFAULT 0",
+        "processing_polls": "INTEGER NOT NULL DEFAULT 0",
+        "fail_reason": "TEXT",
+        "polls": "INTEGER NOT NULL DEFAULT 0",
+        "release_polls": "INTEGER NOT NULL DEFAULT 0",
+    }
+    for name, declaration in wanted.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
 
 def now_ms() -> int:

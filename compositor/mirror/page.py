@@ -118,7 +118,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
             report = validate(body, limits=settings.limits)
             if not report.ok:
                 return JSONResponse(report.envelope())
-            answer = await on_page_worker(render_preview, body, max_side, settings.sources, settings.memory_budget)
+            answer = await on_page_worker(render_preview, body, max_side, mirror.sources, settings.memory_budget)
         if isinstance(answer, dict):
             return JSONResponse(answer)
         return Response(answer, media_type="image/png")
@@ -144,7 +144,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         """A source the page shows but the browser cannot fetch (a mapped CDN URL,
         offline): served from the file the source map names, and nothing else."""
         check_host(request)
-        source_map = settings.sources.source_map
+        source_map = mirror.sources.source_map
         try:
             path = source_map.resolve(url, "url") if source_map is not None else None
             found = path is not None and path.is_file()
@@ -181,7 +181,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
                         digest.update(chunk)
                         head = head or chunk[:16]
                         sink.write(chunk)
-                max_pixels = settings.sources.max_pixels
+                max_pixels = mirror.sources.max_pixels
                 probed = await on_page_worker(probe_upload, str(partial), max_pixels, settings.memory_budget)
                 if "code" in probed:
                     raise ApiError(ApiCode.PARAMETER_ERROR, probed["msg"])

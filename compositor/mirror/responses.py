@@ -8,8 +8,10 @@ written (a full disk), 500 with a request id for anything unexpected.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Header, Query, Request
@@ -20,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compositor.errors import ApiCode, InvalidRequestError
+from compositor.mirror.connections import DropConnection, Dropper
+from compositor.mirror.control_routes import add_controls
 from compositor.mirror.middleware import (
     AccessLog,
     BodyLimit,
@@ -69,14 +73,20 @@ def envelope(code: int, msg: str, data: Any = None) -> JSONResponse:
     return JSONResponse(content)
 
 
-def create_app(mirror: Mirror) -> ErrorEnvelope:
+def create_app(mirror: Mirror) -> Dropper:
     """The mirror as an ASGI app: the FastAPI routes inside the guards of
     `middleware` (the FastAPI app itself is `.app.app`)."""
     app = _routes(mirror)
     upload_limit = mirror.settings.upload_limit
     body_limit = mirror.settings.body_limit
     routes: Any = app  # Starlette's own ASGI types are narrower than the plain callables here
-    return ErrorEnvelope(AccessLog(BodyLimit(routes, lambda path: upload_limit if path == "/uploads" else body_limit)))
+    limited = BodyLimit(routes, lambda path: upload_limit if path == "/uploads" else body_limit)
+    return Dropper(ErrorEnvelope(AccessLog(limited, mirror.controls.journal)))
+
+
+def _also_without_open(path: str) -> str:
+    """The docs' Java sample calls upstream without `/open` in the path: the same operation."""
+    return path.replace("/api/open/v3/", "/api/v3/")
 
 
 def _routes(mirror: Mirror) -> FastAPI:
@@ -142,22 +152,55 @@ def _routes(mirror: Mirror) -> FastAPI:
         report = exc.report.envelope()
         return envelope(report["code"], report["msg"], report["data"])
 
-    @app.post("/api/open/v3/getToken", openapi_extra=_json_body(_TOKEN_SCHEMA))
+    async def faulted(request: Request, operation: str, client_id: str | None) -> JSONResponse | None:
+        """What a fault rule answers instead of the API, if one fires for this call (after its latency)."""
+        request.state.operation = operation
+        request.state.client_id = client_id  # for the access log and the journal
+        rule = mirror.controls.faults.fire(operation, client_id)
+        if rule is None:
+            return None
+        request.state.fault = rule.id
+        if rule.latency_ms:
+            await asyncio.sleep(rule.latency_ms / 1000)
+        if rule.drop:
+            raise DropConnection
+        if rule.code is not None:
+            return envelope(rule.code, rule.message)
+        if rule.http_status is not None:
+            phrase = HTTPStatus(rule.http_status).phrase
+            return JSONResponse({"error": phrase, "fault": rule.id}, status_code=rule.http_status)
+        return None  # latency alone: the call goes on, slower
+
+    token_path = "/api/open/v3/getToken"
+
+    @app.post(_also_without_open(token_path), include_in_schema=False)
+    @app.post(token_path, openapi_extra=_json_body(_TOKEN_SCHEMA))
     async def get_token(request: Request) -> JSONResponse:
+        request.state.operation = "getToken"  # journaled even when its body is not JSON
         body = await read_json(request)
+        claimed = body.get("clientId") if isinstance(body, dict) else None
+        fault = await faulted(request, "getToken", claimed if isinstance(claimed, str) else None)
+        if fault is not None:
+            return fault
         if not isinstance(body, dict):
             raise ApiError(ApiCode.PARAMETER_ERROR, "body: must be a JSON object with clientId and clientSecret")
         token = mirror.issue_token(body.get("clientId"), body.get("clientSecret"))
         return JSONResponse({"code": 1000, "msg": "OK", "token": token})
 
-    @app.post("/api/open/v3/content/image/bg/replace", openapi_extra=_json_body(_BODY_SCHEMA))
+    replace_path = "/api/open/v3/content/image/bg/replace"
+
+    @app.post(_also_without_open(replace_path), include_in_schema=False)
+    @app.post(replace_path, openapi_extra=_json_body(_BODY_SCHEMA))
     async def replace_background(
         request: Request,
         authorization: str | None = Header(default=None),
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
+        # A fault answers before anything is stored: a refused submit makes no job and spends no credit.
+        fault = await faulted(request, "replace", mirror.identify(authorization, x_api_key))
+        if fault is not None:
+            return fault
         client = mirror.authenticate(authorization, x_api_key)
-        request.state.client_id = client.client_id  # for the access log
         body = await read_json(request)
         job, warnings = await run_in_threadpool(mirror.submit, client, body)
         record = job.to_api()
@@ -165,15 +208,20 @@ def _routes(mirror: Mirror) -> FastAPI:
             record["warnings"] = warnings
         return envelope(1000, "OK", record)
 
-    @app.get("/api/open/v3/content/image/infobymodelid")
+    info_path = "/api/open/v3/content/image/infobymodelid"
+
+    @app.get(_also_without_open(info_path), include_in_schema=False)
+    @app.get(info_path)
     async def job_info(
         request: Request,
         image_model_id: str | None = Query(default=None),
         authorization: str | None = Header(default=None),
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
+        fault = await faulted(request, "info", mirror.identify(authorization, x_api_key))
+        if fault is not None:
+            return fault
         client = mirror.authenticate(authorization, x_api_key)
-        request.state.client_id = client.client_id  # for the access log
         job = await run_in_threadpool(mirror.info, client, image_model_id)
         return envelope(1000, "OK", job.to_api())
 
@@ -185,4 +233,6 @@ def _routes(mirror: Mirror) -> FastAPI:
         return FileResponse(path, media_type="image/png")
 
     add_page(app, mirror)
+    if mirror.settings.controls_enabled:
+        add_controls(app, mirror)
     return app

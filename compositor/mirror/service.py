@@ -1,9 +1,14 @@
 """The mirror's back end: accepts jobs, runs them on a process pool, moves
 them through their states, sends webhooks and expires old results. The HTTP
-layer calls `submit`, `info` and `issue_token` and nothing else."""
+layer calls `submit`, `info`, `issue_token` and the test controls
+(`controls`, `fail_job`, `jobs`, `deliveries`, `reset`).
+
+The in-process mock runs this same back end with `inline` set: no worker
+processes, and a job renders in the thread of the info poll that releases it."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -18,8 +23,11 @@ from typing import Any
 
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
+from compositor.mirror.controls import Controls, Scenario
 from compositor.mirror.lock import DataDirLock
 from compositor.mirror.models import (
+    FAILED,
+    QUEUEING,
     Accounts,
     ApiError,
     Client,
@@ -74,6 +82,18 @@ class MirrorSettings:
     # Host names (and origins) the page's endpoints answer, beside loopback's.
     page_hosts: tuple[str, ...] = ()
     source_map: SourceMap = field(default_factory=SourceMap)  # from --source-map
+    # The test controls: open on a loopback server, else only with the admin token (None: off).
+    controls_open: bool = False
+    admin_token: str | None = None
+    scenario: Scenario | None = None  # fault rules and a job policy to start with
+    # The in-process mock: jobs render in the polling thread; any key is a client; nothing beyond this machine.
+    inline: bool = False
+    open_accounts: bool = False
+    local_only: bool = False
+
+    @property
+    def controls_enabled(self) -> bool:
+        return self.controls_open or self.admin_token is not None
 
     @property
     def results_dir(self) -> Path:
@@ -91,6 +111,7 @@ class MirrorSettings:
         return SourcePolicy(
             file_roots=self.file_roots,
             allow_private=self.allow_private,
+            local_only=self.local_only,
             deadline_s=self.source_deadline_s,
             source_map=own.merged(self.source_map),
         )
@@ -106,7 +127,9 @@ class Mirror:
         try:
             settings.results_dir.mkdir(exist_ok=True)
             settings.uploads_dir.mkdir(exist_ok=True)
-            self.accounts = Accounts(list(settings.clients), _signing_key(settings.data_dir))
+            self.accounts = Accounts(
+                list(settings.clients), _signing_key(settings.data_dir), open_registration=settings.open_accounts
+            )
             self.store = JobStore(settings.data_dir / "jobs.sqlite3")
         except BaseException:
             self._lock.release()
@@ -115,8 +138,17 @@ class Mirror:
             self.store,
             self._secret_for,
             settings.webhook_retry,
-            OutboundPolicy(deadline_s=settings.webhook_retry.timeout_s, allow_private=settings.allow_private),
+            OutboundPolicy(
+                deadline_s=settings.webhook_retry.timeout_s,
+                allow_private=settings.allow_private,
+                local_only=settings.local_only,
+            ),
         )
+        self.controls = Controls()
+        if settings.scenario is not None:
+            settings.scenario.apply(self.controls)
+        self.webhooks.faults = self.controls.faults
+        self.sources = settings.sources
         self.pool: WorkerPool | None = None
         self.previews: WorkerPool | None = None
         self._wake = threading.Event()
@@ -132,6 +164,9 @@ class Mirror:
         requeued = self.store.requeue_interrupted()
         if requeued:
             log.warning("re-queued %d job(s) interrupted by the last shutdown", requeued)
+        if self.settings.inline:
+            self.webhooks.start()
+            return
         self.pool = WorkerPool(self.settings.workers, name="render", initializer=prepare_worker)
         self.previews = WorkerPool(self.settings.preview_workers, name="preview", initializer=prepare_worker)
         for target, name in ((self._dispatch, "dispatcher"), (self._expire_loop, "expiry")):
@@ -167,7 +202,7 @@ class Mirror:
         if not report.ok:
             raise InvalidRequestError(report)
         assert isinstance(body, dict)
-        job = self.store.create(client, body)
+        job = self.store.create(client, body, self.controls.policies.take())
         _job_line(job, "queued")
         self._wake.set()
         return job, [problem.as_dict() for problem in report.warnings]
@@ -179,7 +214,71 @@ class Mirror:
         job = self.store.get(job_id)
         if job is None or job.client_id != client.client_id:
             raise ApiError(ApiCode.PARAMETER_ERROR, f"image_model_id: no job {job_id!r} for this account")
+        if not job.release_polls and not self.settings.inline:
+            return job  # no policy holds it: a poll changes nothing
+        polled = self.store.poll(job_id) or job
+        if polled.status == FAILED and job.status != FAILED:
+            _job_line(polled, "failed", polled.fail_reason)
+        elif polled.status == QUEUEING and polled.polls >= polled.release_polls:
+            if self.settings.inline:
+                self._run_inline(job_id)
+                return self.store.get(job_id) or polled
+            self._wake.set()
+        return polled
+
+    def identify(self, authorization: str | None, api_key: str | None) -> str | None:
+        """The calling client's id, or None when the credentials name none (for matching fault rules)."""
+        try:
+            return self.authenticate(authorization, api_key).client_id
+        except ApiError:
+            return None
+
+    # --- the test controls -----------------------------------------------
+    def fail_job(self, job_id: str, reason: str) -> Job | None:
+        """An unfinished job ended now with status 4 and `reason`; None when
+        it has already ended. KeyError when there is no such job."""
+        if self.store.get(job_id) is None:
+            raise KeyError(job_id)
+        job = self.store.fail_unfinished(job_id, reason)
+        if job is not None:
+            _job_line(job, "failed", reason)
+            self.webhooks.wake()
         return job
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [job.summary() for job in self.store.jobs()]
+
+    def deliveries(self) -> list[dict[str, Any]]:
+        """Every webhook notice and what became of it, oldest first."""
+        return [
+            {
+                "job_id": notice["job_id"],
+                "url": notice["url"],
+                "status": notice["status"],
+                "attempts": notice["attempts"],
+                "last_http_status": notice["last_http_status"],
+                "last_error": notice["last_error"],
+                "delivered": notice["state"] == "delivered",
+            }
+            for notice in self.store.notices()
+        ]
+
+    def reset(self) -> None:
+        """Jobs, results, webhooks owed, faults, the job policy, the journal and
+        rate windows forgotten; clients and their keys stay. A render under way
+        finishes into nothing (its result is deleted when it comes back)."""
+        self.controls.reset()
+        self.accounts.forget_rates()
+        for path in self.store.forget_all():
+            Path(path).unlink(missing_ok=True)
+        for leftover in self.settings.results_dir.glob("*.png"):
+            if leftover.stem not in self._in_flight:
+                leftover.unlink(missing_ok=True)
+
+    def add_sources(self, source_map: SourceMap) -> None:
+        """More URLs read from local files (the mock's `add_source`)."""
+        current = self.sources.source_map or SourceMap()
+        self.sources = dataclasses.replace(self.sources, source_map=current.merged(source_map))
 
     def result_file(self, name: str) -> Path | None:
         return _file_in(self.settings.results_dir, name)
@@ -219,13 +318,32 @@ class Mirror:
             if job is None:
                 return
             self.webhooks.wake()
+            if job.fail_reason is not None:  # a job policy's forced failure
+                self._fail(job, job.fail_reason)
+                continue
             _job_line(job, "processing")
             self._in_flight[job.id] = job
             budget = self.settings.memory_budget
-            future = self.pool.submit(
-                render_to_file, job.body, str(self._result_path(job)), self.settings.sources, budget
-            )
+            future = self.pool.submit(render_to_file, job.body, str(self._result_path(job)), self.sources, budget)
             future.add_done_callback(functools.partial(self._answered, job))
+
+    def _run_inline(self, job_id: str) -> None:
+        """Claim one released job and render it here, in the caller's thread (the mock)."""
+        job = self.store.claim_next(job_id)
+        if job is None:
+            return
+        self.webhooks.wake()
+        if job.fail_reason is not None:
+            self._fail(job, job.fail_reason)
+            return
+        done: Future[RenderOutcome] = Future()
+        try:
+            budget = self.settings.memory_budget
+            done.set_result(render_to_file(job.body, str(self._result_path(job)), self.sources, budget))
+        except Exception as exc:
+            done.set_exception(exc)
+        self._store_outcome(job, done)
+        self.webhooks.wake()
 
     def _answered(self, job: Job, done: Future[RenderOutcome]) -> None:
         # A worker's thread: only hand over, the dispatcher stores it.
@@ -272,8 +390,10 @@ class Mirror:
             _job_line(job, "requeued", outcome.failure)
         elif outcome.failure is None:
             result = self._result_path(job)
-            self.store.complete(job.id, str(result), f"{self.settings.public_base_url}/results/{result.name}")
-            _job_line(job, "completed")
+            if self.store.complete(job.id, str(result), f"{self.settings.public_base_url}/results/{result.name}"):
+                _job_line(job, "completed")
+            else:  # failed by hand, or forgotten by a reset, while it rendered
+                result.unlink(missing_ok=True)
         else:
             self._fail(job, outcome.failure)
 
@@ -313,8 +433,14 @@ class Mirror:
         return len(paths)
 
     def preview(self, fn: Any, *args: Any) -> Future[Any]:
-        """Run a page task (a preview render, an upload check) on the preview worker."""
-        assert self.previews is not None
+        """Run a page task (a preview render, an upload check) on the preview worker (inline: here, now)."""
+        if self.previews is None:
+            done: Future[Any] = Future()
+            try:
+                done.set_result(fn(*args))
+            except Exception as exc:
+                done.set_exception(exc)
+            return done
         return self.previews.submit(fn, *args)
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from compositor.mirror.controls import Faults
 from compositor.mirror.models import JobStore, Notice, StoreError, now_ms
 from compositor.outbound import OutboundError, OutboundPolicy, new_client, post_json
 
@@ -91,8 +92,10 @@ class WebhookOutbox:
         secret_for: Callable[[str], str | None],
         retry: RetryPolicy,
         network: OutboundPolicy,
+        faults: Faults | None = None,
     ) -> None:
         self.retry = retry
+        self.faults = faults  # the test controls' rules for the operation "webhook"
         self._store = store
         self._secret_for = secret_for
         self._network = network
@@ -180,10 +183,17 @@ class WebhookOutbox:
         secret = self._secret_for(notice.client_id)
         status: int | None = None
         error: str | None = None
+        rule = self.faults.fire("webhook", notice.client_id) if self.faults is not None else None
+        if rule is not None and rule.latency_ms:
+            await asyncio.sleep(rule.latency_ms / 1000)
         if secret is None:
             error = "the job's client no longer exists"
+        elif rule is not None and rule.drop:
+            error = f"not sent: fault rule {rule.id}"
         else:
             payload = envelope(notice.job_id, notice.status, notice.result_url, notice.client_id, secret)
+            if rule is not None and rule.tamper:  # a well-formed signature of other data: a receiver must refuse it
+                payload["signature"] = hashlib.sha1(payload["signature"].encode()).hexdigest()
             try:
                 status = await post_json(client, notice.url, payload, self._network)
                 if status != 200:
