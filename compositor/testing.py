@@ -102,6 +102,12 @@ class BackgroundChangeMock(MirrorControl):
                 raise FileNotFoundError(f"add_source: no file or folder {source}")
         self.mirror.add_sources(SourceMap.from_entries({url: path}))
 
+    def add_source_map(self, path: str | Path) -> None:
+        """Every entry of a source map file (the JSON that `--source-map` takes), as `add_source` would add it."""
+        from compositor.sourcemap import load_source_map
+
+        self.mirror.add_sources(load_source_map(Path(path)))
+
     def client_id_for(self, api_key: str) -> str:
         """The client id the mock gives callers with this `x-api-key` (as fault rules and the journal name it)."""
         from compositor.mirror.models import open_client

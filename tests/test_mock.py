@@ -1,0 +1,167 @@
+"""What only the in-process mock does (the controls it shares with the server are in test_controls.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import io
+import runpy
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from PIL import Image
+
+from compositor.testing import mock_background_change
+from tests.conftest import FIXTURES
+from tests.test_controls import FOREGROUND, INFO, MOCK_KEY, SUBMIT, body
+
+UPSTREAM = "https://openapi.akool.com"
+HEADERS = {"x-api-key": MOCK_KEY}
+
+
+def submit_and_poll(payload: dict[str, Any], base: str = UPSTREAM, prefix: str = "/api/open/v3") -> dict[str, Any]:
+    submitted = requests.post(f"{base}{prefix}/content/image/bg/replace", json=payload, headers=HEADERS).json()
+    assert submitted["code"] == 1000, submitted
+    polled = requests.get(
+        f"{base}{prefix}/content/image/infobymodelid",
+        params={"image_model_id": submitted["data"]["_id"]},
+        headers=HEADERS,
+    ).json()
+    return dict(polled["data"])
+
+
+def test_the_docs_python_sample_runs_unchanged_to_a_downloadable_result() -> None:
+    with mock_background_change() as mock:
+        mock.add_source_map(FIXTURES / "source-map.json")
+        sample = runpy.run_path(str(FIXTURES / "samples" / "akool_docs_sample.py"))
+        result = sample["result"]
+        assert result["image_status"] == 3, result
+        downloaded = requests.get(result["image"])
+        assert downloaded.status_code == 200 and downloaded.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(downloaded.content)).size == (3840, 3840)
+
+
+def test_a_job_finishes_on_its_first_poll() -> None:
+    with mock_background_change():
+        assert submit_and_poll(body())["image_status"] == 3
+
+
+def test_an_unmapped_remote_url_fails_the_job_and_is_never_fetched() -> None:
+    with mock_background_change():
+        job = submit_and_poll(body(origin_img="https://cdn.example.com/cat.png"))
+        assert job["image_status"] == 4
+        assert "origin_img" in job["error_reasons"][0] and "not on this machine" in job["error_reasons"][0]
+
+
+def test_add_source_maps_a_url_to_bytes_or_a_folder(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 30), "blue").save(tmp_path / "cat.png")
+    with mock_background_change() as mock:
+        mock.add_source("https://cdn.example.com/img/", tmp_path)
+        mock.add_source("https://cdn.example.com/dog.png", (tmp_path / "cat.png").read_bytes())
+        assert submit_and_poll(body(origin_img="https://cdn.example.com/img/cat.png"))["image_status"] == 3
+        assert submit_and_poll(body(origin_img="https://cdn.example.com/dog.png"))["image_status"] == 3
+        with pytest.raises(FileNotFoundError):
+            mock.add_source("https://cdn.example.com/x.png", tmp_path / "missing.png")
+
+
+def test_the_java_samples_host_and_path_are_answered_too() -> None:
+    with mock_background_change():
+        job = submit_and_poll(body(), base="https://contentapi.akool.com", prefix="/api/v3")
+        assert job["image_status"] == 3
+
+
+def test_any_key_is_a_client_and_get_token_takes_any_aes_length_secret() -> None:
+    with mock_background_change() as mock:
+        token = requests.post(
+            f"{UPSTREAM}/api/open/v3/getToken", json={"clientId": "team-a", "clientSecret": "s" * 24}
+        ).json()["token"]
+        answer = requests.post(f"{UPSTREAM}{SUBMIT}", json=body(), headers={"authorization": f"Bearer {token}"})
+        assert answer.json()["code"] == 1000
+        assert [job["client_id"] for job in mock.jobs()] == ["team-a"]
+        short = requests.post(f"{UPSTREAM}/api/open/v3/getToken", json={"clientId": "team-b", "clientSecret": "short"})
+        assert short.json()["code"] == 1101
+        assert requests.post(f"{UPSTREAM}{SUBMIT}", json=body()).json()["code"] == 1102
+
+
+def test_httpx_sync_and_async_clients_are_answered() -> None:
+    async def run_async() -> int:
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(f"{UPSTREAM}{SUBMIT}", json=body(), headers=HEADERS)
+            job_id = answer.json()["data"]["_id"]
+            polled = await client.get(f"{UPSTREAM}{INFO}", params={"image_model_id": job_id}, headers=HEADERS)
+            return int(polled.json()["data"]["image_status"])
+
+    with mock_background_change():
+        assert httpx.post(f"{UPSTREAM}{SUBMIT}", json=body(), headers=HEADERS).json()["code"] == 1000
+        assert asyncio.run(run_async()) == 3
+
+
+@mock_background_change()
+def _decorated() -> int:
+    return int(submit_and_poll(body())["image_status"])
+
+
+@mock_background_change()
+async def _decorated_async() -> int:
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{UPSTREAM}{SUBMIT}", json=body(), headers=HEADERS)
+        return int(answer.json()["code"])
+
+
+def test_the_decorator_gives_each_call_a_fresh_mock() -> None:
+    assert _decorated() == 3
+    assert _decorated() == 3
+    assert asyncio.run(_decorated_async()) == 1000
+
+
+def test_other_hosts_are_refused_so_nothing_leaves_the_machine() -> None:
+    with mock_background_change():
+        with pytest.raises(requests.ConnectionError):
+            requests.get("https://example.com/")
+        with pytest.raises(httpx.ConnectError):
+            httpx.get("https://example.com/")
+
+
+class _Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def local_server() -> Iterator[str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+
+
+def test_loopback_calls_pass_through(local_server: str) -> None:
+    with mock_background_change():
+        assert requests.get(local_server).text == "hello"
+        assert httpx.get(local_server).text == "hello"
+
+
+def test_leaving_the_mock_restores_the_real_clients(local_server: str) -> None:
+    original = requests.adapters.HTTPAdapter.send
+    with mock_background_change():
+        assert requests.adapters.HTTPAdapter.send is not original
+    assert requests.adapters.HTTPAdapter.send is original
+    with contextlib.suppress(httpx.HTTPError):  # offline: a real attempt fails; what matters is that it was real
+        answer = httpx.get(f"{UPSTREAM}{INFO}", timeout=2)
+        assert answer.status_code != 200 or "data" not in answer.text
+
+
+def test_a_local_data_uri_source_needs_no_mapping() -> None:
+    with mock_background_change():
+        assert submit_and_poll(body(origin_img=FOREGROUND))["image_status"] == 3

@@ -1,0 +1,53 @@
+"""The pytest plugin as a user's suite meets it: a test file in a folder of
+its own, no conftest, the fixtures found through the package's entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+USER_TESTS = """
+import requests
+
+def test_with_a_real_mirror(bg_mirror):
+    bg_mirror.add_fault(operation="replace", code=1005, times=1)
+    url = bg_mirror.base_url + "/api/open/v3/content/image/bg/replace"
+    body = {"canvas_size": "8x8", "color_code": "#112233", "origin_img": "data:image/png;base64,"
+            "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==",
+            "modify_origin_img_size": "4x4", "overlay_origin_x": 2, "overlay_origin_y": 2}
+    headers = {"x-api-key": bg_mirror.api_key}
+    assert requests.post(url, json=body, headers=headers).json()["code"] == 1005
+    assert requests.post(url, json=body, headers=headers).json()["code"] == 1000
+    assert len(bg_mirror.jobs()) == 1
+
+def test_the_mirror_is_reset_between_tests(bg_mirror):
+    assert bg_mirror.jobs() == [] and bg_mirror.faults() == [] and bg_mirror.requests() == []
+
+def test_with_the_mock(mock_background_change):
+    mock_background_change.set_job_policy(queueing_polls=1)
+    answer = requests.post("https://openapi.akool.com/api/open/v3/content/image/bg/replace",
+                           json={"canvas_size": "8x8", "color_code": "#112233"}, headers={"x-api-key": "k"})
+    assert answer.json()["code"] == 1003  # no origin_img
+    assert mock_background_change.requests()[0]["code"] == 1003
+"""
+
+
+def test_the_fixtures_work_in_a_users_own_suite(tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text(USER_TESTS)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
+
+
+def test_the_plugin_is_registered_as_an_entry_point() -> None:
+    from importlib.metadata import entry_points
+
+    plugins = {entry.name: entry.value for entry in entry_points(group="pytest11")}
+    assert plugins.get("compositor") == "compositor.pytest_plugin"
