@@ -33,15 +33,20 @@ def test_with_the_mock(mock_background_change):
 """
 
 
-def test_the_fixtures_work_in_a_users_own_suite(tmp_path: Path) -> None:
-    (tmp_path / "test_user.py").write_text(USER_TESTS)
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_user.py"],
-        cwd=tmp_path,
+def run_user_suite(folder: Path, name: str, text: str) -> subprocess.CompletedProcess[str]:
+    """pytest on one test file in a folder of its own, as a user's suite runs."""
+    (folder / name).write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_the_fixtures_work_in_a_users_own_suite(tmp_path: Path) -> None:
+    done = run_user_suite(tmp_path, "test_user.py", USER_TESTS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "3 passed" in done.stdout
 

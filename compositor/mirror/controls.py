@@ -213,6 +213,10 @@ class Faults:
         with self._lock:
             self._rules = []
 
+    def any(self) -> bool:
+        """Whether any rule can still fire (without a lock: a rule added this instant may be missed once)."""
+        return any(not rule.spent for rule in self._rules)
+
     def fire(self, operation: str, client_id: str | None) -> FaultRule | None:
         """The first rule that matches this call and fires (its probability
         drawn from its own seeded generator, so a run repeats), now counted."""

@@ -9,7 +9,7 @@ written (a full disk), 500 with a request id for anything unexpected.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
@@ -152,9 +152,13 @@ def _routes(mirror: Mirror) -> FastAPI:
         report = exc.report.envelope()
         return envelope(report["code"], report["msg"], report["data"])
 
-    async def faulted(request: Request, operation: str, client_id: str | None) -> JSONResponse | None:
-        """What a fault rule answers instead of the API, if one fires for this call (after its latency)."""
+    async def faulted(request: Request, operation: str, caller: Callable[[], str | None]) -> JSONResponse | None:
+        """What a fault rule answers instead of the API, if one fires for this call (after its latency).
+        `caller` names the calling client; it is asked only while there are rules to match."""
         request.state.operation = operation
+        if not mirror.controls.faults.any():
+            return None
+        client_id = caller()
         request.state.client_id = client_id  # for the access log and the journal
         rule = mirror.controls.faults.fire(operation, client_id)
         if rule is None:
@@ -179,7 +183,8 @@ def _routes(mirror: Mirror) -> FastAPI:
         request.state.operation = "getToken"  # journaled even when its body is not JSON
         body = await read_json(request)
         claimed = body.get("clientId") if isinstance(body, dict) else None
-        fault = await faulted(request, "getToken", claimed if isinstance(claimed, str) else None)
+        request.state.client_id = claimed if isinstance(claimed, str) else None  # an id, never the secret
+        fault = await faulted(request, "getToken", lambda: request.state.client_id)
         if fault is not None:
             return fault
         if not isinstance(body, dict):
@@ -197,10 +202,11 @@ def _routes(mirror: Mirror) -> FastAPI:
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
         # A fault answers before anything is stored: a refused submit makes no job and spends no credit.
-        fault = await faulted(request, "replace", mirror.identify(authorization, x_api_key))
+        fault = await faulted(request, "replace", lambda: mirror.identify(authorization, x_api_key))
         if fault is not None:
             return fault
         client = mirror.authenticate(authorization, x_api_key)
+        request.state.client_id = client.client_id  # for the access log and the journal
         body = await read_json(request)
         job, warnings = await run_in_threadpool(mirror.submit, client, body)
         record = job.to_api()
@@ -218,10 +224,11 @@ def _routes(mirror: Mirror) -> FastAPI:
         authorization: str | None = Header(default=None),
         x_api_key: str | None = Header(default=None, alias="x-api-key"),
     ) -> JSONResponse:
-        fault = await faulted(request, "info", mirror.identify(authorization, x_api_key))
+        fault = await faulted(request, "info", lambda: mirror.identify(authorization, x_api_key))
         if fault is not None:
             return fault
         client = mirror.authenticate(authorization, x_api_key)
+        request.state.client_id = client.client_id  # for the access log and the journal
         job = await run_in_threadpool(mirror.info, client, image_model_id)
         return envelope(1000, "OK", job.to_api())
 
