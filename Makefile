@@ -37,10 +37,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The preview page's end-to-end tests drive Debian's Chromium; without one they skip, saying so.
+# The preview page's end-to-end tests drive Debian's Chromium, and the PNG writer's tests decode its files in
+# Chromium and check them with libpng's pngcheck; without them those tests skip, saying so.
 browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-		|| echo "could not install chromium: the preview page tests will be skipped" >&2
+	@command -v chromium >/dev/null && command -v pngcheck >/dev/null \
+		|| (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium pngcheck) \
+		|| echo "could not install chromium and pngcheck: the page's and the PNG decoders' tests will be skipped" >&2
 
 # pytest exits 5 when it collected no test; that is a failure here, not a pass.
 test: model lint browser
@@ -58,5 +60,6 @@ bench-setup: $(STAMP)
 bench: model bench-setup
 	$(BIN)/python benchmarks/bench_removebg.py --json benchmarks/results/removebg.json
 	$(BIN)/python benchmarks/bench_render.py
+	$(BIN)/python benchmarks/bench_png.py --json benchmarks/results/png.json
 	$(BIN)/python benchmarks/bench_server.py --json benchmarks/results/server.json
 	$(BIN)/python benchmarks/bench_soak.py --json benchmarks/results/soak.json

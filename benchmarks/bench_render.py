@@ -414,11 +414,11 @@ def main() -> int:
     doc3 = results["cases"]["doc 3-template-and-color"]
     cli = doc3["compositor CLI"]
     goals = [
-        ("CLI vs Pillow defaults, doc 3", cli["median_s"] / doc3["Pillow defaults"]["median_s"], 0.10),
+        ("CLI vs Pillow defaults, doc 3", cli["median_s"] / doc3["Pillow defaults"]["median_s"], 0.07),
         ("CLI vs ImageMagick -quality 15", cli["median_s"] / doc3["ImageMagick -quality 15"]["median_s"], 0.3),
         ("CLI vs pyvips defaults", cli["median_s"] / doc3["pyvips defaults"]["median_s"], 0.7),
-        ("PNG size vs pyvips defaults", cli["png_bytes"] / doc3["pyvips defaults"]["png_bytes"], 0.7),
-        ("PNG size vs Pillow default level", cli["png_bytes"] / doc3["Pillow defaults"]["png_bytes"], 1.3),
+        # 0.7x pyvips' PNG size was dropped: on doc 3 it means Pillow's own size (bench_png.py: the writer's goals).
+        ("PNG size vs Pillow default level", cli["png_bytes"] / doc3["Pillow defaults"]["png_bytes"], 1.20),
         ("blend stage vs warm canvas copy", stages["blend"] / copy, 3.0),
         ("peak RSS of the CLI, doc 3 (MB)", cli["peak_mb"], 300),
     ]

@@ -98,13 +98,15 @@ def _build_parser() -> argparse.ArgumentParser:
     render.add_argument("request", help="request body (JSON file, or - for stdin)")
     render.add_argument("-o", "--output", help="output file (- for stdout); default: the request's name with .png")
     render.add_argument("--format", choices=("png", "webp", "jpeg"), help="output format (default: from -o, else png)")
-    render.add_argument("--png-level", type=int, metavar="0-9", help="zlib level; default: the fast fpng encoder")
+    render.add_argument(
+        "--png-level", type=int, metavar="0-9", help="zlib level (smaller, slower); default: ISA-L on every core"
+    )
     render.add_argument("--quality", type=int, default=90, help="WebP/JPEG quality (default 90)")
     render.add_argument("--timings", action="store_true", help="print the seconds spent in each stage to stderr")
     render.add_argument(
         "--low-memory",
         action="store_true",
-        help="render band by band into a streamed PNG (zlib level --png-level, default 1): "
+        help="render band by band into a streamed PNG (ISA-L, or zlib at --png-level): "
         "memory grows with the canvas width, not its area",
     )
     _add_model_arguments(render)
@@ -412,7 +414,7 @@ def _render_in_bands(
     bands = render_bands(request, options=options, timings=timings)
     size = request.canvas
     with _opened_output(output) as sink:
-        write_png_bands(bands, size.width, size.height, sink, level=1 if level is None else level, timings=timings)
+        write_png_bands(bands, size.width, size.height, sink, level=level, timings=timings)
 
 
 def _write(output: str, data: bytes) -> None:
