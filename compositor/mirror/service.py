@@ -82,6 +82,7 @@ class MirrorSettings:
     # Host names (and origins) the page's endpoints answer, beside loopback's.
     page_hosts: tuple[str, ...] = ()
     source_map: SourceMap = field(default_factory=SourceMap)  # from --source-map
+    model: str = "u2netp"  # removeBg's model for every job (upstream's body has no field for it)
     # The test controls: open on a loopback server, else only with the admin token (None: off).
     controls_open: bool = False
     admin_token: str | None = None
@@ -324,7 +325,9 @@ class Mirror:
             _job_line(job, "processing")
             self._in_flight[job.id] = job
             budget = self.settings.memory_budget
-            future = self.pool.submit(render_to_file, job.body, str(self._result_path(job)), self.sources, budget)
+            future = self.pool.submit(
+                render_to_file, job.body, str(self._result_path(job)), self.sources, budget, self.settings.model
+            )
             future.add_done_callback(functools.partial(self._answered, job))
 
     def _run_inline(self, job_id: str) -> None:
@@ -339,7 +342,8 @@ class Mirror:
         done: Future[RenderOutcome] = Future()
         try:
             budget = self.settings.memory_budget
-            done.set_result(render_to_file(job.body, str(self._result_path(job)), self.sources, budget))
+            result = str(self._result_path(job))
+            done.set_result(render_to_file(job.body, result, self.sources, budget, self.settings.model))
         except Exception as exc:
             done.set_exception(exc)
         self._store_outcome(job, done)

@@ -32,17 +32,20 @@ def prepare_worker() -> None:
     use_one_malloc_arena()
 
 
-def render_to_file(body: dict[str, Any], result_path: str, sources: SourcePolicy, budget: int | None) -> RenderOutcome:
-    """Render `body` into `result_path` (atomically).
-    removeBg finds its model where the server's environment says
-    ($COMPOSITOR_MODEL_HOME, else the checkout)."""
-    from compositor import CompositorError, RenderOptions
+def render_to_file(
+    body: dict[str, Any], result_path: str, sources: SourcePolicy, budget: int | None, model: str = "u2netp"
+) -> RenderOutcome:
+    """Render `body` into `result_path` (atomically). removeBg uses `model`
+    (the server's setting: upstream's body has no field for it), loaded on
+    this worker's first use and kept, from where the server's environment
+    says ($COMPOSITOR_MODEL_HOME, else the checkout)."""
+    from compositor import CompositorError, RemovalOptions, RenderOptions
     from compositor.encode import encode
     from compositor.engine import render_array
     from compositor.files import write_atomically
     from compositor.heap import release_free_heap
 
-    options = RenderOptions(sources=sources, memory_budget=budget)
+    options = RenderOptions(sources=sources, memory_budget=budget, removal=RemovalOptions(model=model))
     try:
         image = render_array(body, options=options)
         release_free_heap()
@@ -61,9 +64,11 @@ def render_to_file(body: dict[str, Any], result_path: str, sources: SourcePolicy
     return RenderOutcome()
 
 
-def render_preview(body: dict[str, Any], max_side: int | None, sources: SourcePolicy, budget: int | None) -> Any:
+def render_preview(
+    body: dict[str, Any], max_side: int | None, sources: SourcePolicy, budget: int | None, model: str = "u2netp"
+) -> Any:
     """The page's picture: PNG bytes, or `{"code", "msg"}` saying why not."""
-    from compositor import CompositorError, RenderOptions
+    from compositor import CompositorError, RemovalOptions, RenderOptions
     from compositor.encode import encode
     from compositor.engine import render_array
     from compositor.preview import scaled_body
@@ -71,7 +76,8 @@ def render_preview(body: dict[str, Any], max_side: int | None, sources: SourcePo
     try:
         if max_side is not None:
             body, _ = scaled_body(body, max_side, sources)
-        return encode(render_array(body, options=RenderOptions(sources=sources, memory_budget=budget)))
+        options = RenderOptions(sources=sources, memory_budget=budget, removal=RemovalOptions(model=model))
+        return encode(render_array(body, options=options))
     except CompositorError as exc:
         return {"code": int(exc.code), "msg": str(exc)}
     except MemoryError:

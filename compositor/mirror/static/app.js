@@ -167,7 +167,7 @@ async function refresh() {
   if (mine !== generation) return;
   showMessages(envelope);
   if (envelope.code !== 1000) return;
-  const response = await post("/preview/render", { body: sent });
+  const response = await post("/preview/render", { body: sent, model: $("removeBg_model").value });
   if (mine !== generation) return;
   if ((response.headers.get("content-type") || "").startsWith("image/")) {
     const url = URL.createObjectURL(await response.blob());
@@ -277,7 +277,7 @@ $("load_body").addEventListener("click", () => {
   }
 });
 $("download").addEventListener("click", async () => {
-  const response = await post("/preview/full", { body: cleanBody() });
+  const response = await post("/preview/full", { body: cleanBody(), model: $("removeBg_model").value });
   if (!(response.headers.get("content-type") || "").startsWith("image/")) { showMessages(await response.json()); return; }
   const a = document.createElement("a");
   a.href = URL.createObjectURL(await response.blob());
@@ -285,6 +285,18 @@ $("download").addEventListener("click", async () => {
   a.click();
 });
 window.addEventListener("resize", layout);
+// removeBg's model is the server's setting for API jobs; the page may try each one.
+fetch("/preview/models").then((r) => r.json()).then((listed) => {
+  for (const model of listed.models) {
+    const option = document.createElement("option");
+    option.value = model.name;
+    option.textContent = model.name + (model.installed ? "" : " (not installed)");
+    option.title = model.good_for;
+    option.selected = model.name === listed.default;
+    $("removeBg_model").append(option);
+  }
+});
+$("removeBg_model").addEventListener("change", () => { if (body.removeBg) schedule(); });
 let examples = {};
 fetch("/static/examples.json").then((r) => r.json()).then((loaded) => {
   examples = loaded;
