@@ -507,7 +507,11 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(level, log_format)
     # uvicorn's own loggers go through ours (its access log is replaced by compositor.access).
     # The HTTP protocol is uvicorn's own, able to drop a connection for a fault rule (connections.py).
-    app_config = uvicorn.Config(create_app(mirror), log_config=None, access_log=False, http=droppable_protocol())
+    # No proxy headers: a request's peer is the socket's, never what X-Forwarded-For claims (the page and the
+    # control plane trust loopback peers, and a dropped connection is found by its peer's address).
+    app_config = uvicorn.Config(
+        create_app(mirror), log_config=None, access_log=False, http=droppable_protocol(), proxy_headers=False
+    )
     server = uvicorn.Server(app_config)
     server.run(sockets=[listener])
     return EXIT_OK

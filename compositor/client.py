@@ -5,9 +5,11 @@ polls with backoff until the job completes or fails, and downloads the result.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -164,10 +166,25 @@ class MirrorControl:
     def __init__(self, base_url: str, admin_token: str | None = None, *, http: httpx.Client | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"x-mirror-admin": admin_token} if admin_token else {}
+        self._owns_http = http is None
         self._http = http or httpx.Client(timeout=30.0)
         self._headers = headers
 
+    def close(self) -> None:
+        """Close the connections this object opened (not those of a client it was given)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> MirrorControl:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for name, value in (body or {}).items():  # JSON has no NaN or infinity: say which field, as the server would
+            if isinstance(value, float) and not math.isfinite(value):
+                raise MirrorControlError(400, "must be a finite number", name)
         response = self._http.request(method, f"{self.base_url}/_mirror{path}", json=body, headers=self._headers)
         try:
             answer = response.json()
@@ -176,7 +193,7 @@ class MirrorControl:
         if response.status_code >= 400:
             if response.status_code == 404 and "error" not in answer:
                 raise MirrorControlError(
-                    404, "this mirror's test controls are off (bind it to loopback, or set an admin token)"
+                    404, "no such control: are this mirror's test controls on? (a loopback bind, or an admin token)"
                 )
             raise MirrorControlError(response.status_code, str(answer.get("error")), answer.get("field"))
         return answer
@@ -190,7 +207,9 @@ class MirrorControl:
         return list(self._call("GET", "/faults")["faults"])
 
     def remove_fault(self, rule_id: str) -> None:
-        self._call("DELETE", f"/faults/{rule_id}")
+        if "/" in rule_id:
+            raise MirrorControlError(404, f"no fault rule {rule_id!r}", "id")
+        self._call("DELETE", f"/faults/{quote(rule_id, safe='')}")
 
     def clear_faults(self) -> None:
         self._call("DELETE", "/faults")
@@ -200,7 +219,9 @@ class MirrorControl:
         return dict(self._call("POST", "/jobs/policy", policy))
 
     def fail_job(self, job_id: str, reason: str) -> dict[str, Any]:
-        return dict(self._call("POST", f"/jobs/{job_id}/fail", {"reason": reason}))
+        if "/" in job_id:
+            raise MirrorControlError(404, f"no job {job_id!r}", "job_id")
+        return dict(self._call("POST", f"/jobs/{quote(job_id, safe='')}/fail", {"reason": reason}))
 
     def jobs(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/jobs")["jobs"])
@@ -212,4 +233,4 @@ class MirrorControl:
         return list(self._call("GET", "/webhooks")["deliveries"])
 
     def reset(self) -> None:
-        self._call("POST", "/reset")
+        self._call("POST", "/reset", {})  # a JSON body: an open control plane takes no other kind of POST

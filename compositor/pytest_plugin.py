@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +34,19 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _end_with_parent() -> None:
+    """In the child, before it runs: the kernel sends it SIGTERM when pytest
+    ends, however pytest ends (a CI job's SIGTERM or SIGKILL included), so no
+    server outlives the suite. Linux only; elsewhere the fixture's own
+    teardown stops it."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class MirrorProcess:
@@ -53,10 +66,7 @@ class MirrorProcess:
         command = [sys.executable, "-m", "compositor.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--data-dir", str(data_dir / "data"), "--workers", "1", "--log-level", "warning"]
         self.process = subprocess.Popen(
-            command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=_end_with_parent
         )
 
     def wait_until_ready(self) -> None:
@@ -89,18 +99,18 @@ class MirrorProcess:
 
 
 @pytest.fixture(scope="session")
-def _bg_mirror_process() -> Iterator[MirrorProcess]:
-    with tempfile.TemporaryDirectory(prefix="bg-mirror-") as folder:
-        server = MirrorProcess(Path(folder))
-        try:
-            server.wait_until_ready()
-            yield server
-        finally:
-            server.stop()
+def _bg_mirror_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
+    # Under pytest's own temporary folders, which pytest prunes, so even a killed run leaves nothing for long.
+    server = MirrorProcess(tmp_path_factory.mktemp("bg-mirror"))
+    try:
+        server.wait_until_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
-def bg_mirror(_bg_mirror_process: MirrorProcess) -> Any:
+def bg_mirror(_bg_mirror_process: MirrorProcess) -> Iterator[Any]:
     """A real mirror on loopback, reset before this test."""
     from compositor.client import MirrorControl
 
@@ -110,10 +120,11 @@ def bg_mirror(_bg_mirror_process: MirrorProcess) -> Any:
         client_id = _bg_mirror_process.client_id
         client_secret = _bg_mirror_process.client_secret
         data_dir = _bg_mirror_process.data_dir / "data"
+        server_pid = _bg_mirror_process.process.pid
 
-    mirror = BgMirror(_bg_mirror_process.base_url)
-    mirror.reset()
-    return mirror
+    with BgMirror(_bg_mirror_process.base_url) as mirror:
+        mirror.reset()
+        yield mirror
 
 
 @pytest.fixture

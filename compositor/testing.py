@@ -28,6 +28,7 @@ import inspect
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -76,6 +77,7 @@ class BackgroundChangeMock(MirrorControl):
             open_accounts=True,
             local_only=True,
             controls_open=True,
+            page_hosts=(urlsplit(RESULTS_BASE_URL).hostname or "",),  # the controls' own calls name this host
             webhook_retry=RetryPolicy(
                 attempts=webhook_attempts, first_delay_s=webhook_first_delay_s, max_delay_s=5.0, timeout_s=5.0
             ),
@@ -83,8 +85,8 @@ class BackgroundChangeMock(MirrorControl):
         self.mirror = Mirror(settings)
         self._app = _InProcessClient(create_app(self.mirror))
         super().__init__(RESULTS_BASE_URL, http=self._app)  # type: ignore[arg-type]
-        self._patches: list[Any] = []
         self._added = 0
+        self.started_by = threading.get_ident()
 
     # --- what the mock adds to the controls -------------------------------
     def add_source(self, url: str, source: str | Path | bytes) -> None:
@@ -116,35 +118,17 @@ class BackgroundChangeMock(MirrorControl):
 
     # --- life --------------------------------------------------------------
     def start(self) -> BackgroundChangeMock:
-        import responses
-        import respx
-
         self._app.open()
         self.mirror.start()
         try:
-            requests_mock = responses.RequestsMock(assert_all_requests_are_fired=False)
-            requests_mock.add_passthru(_LOOPBACK)
-            for method in _METHODS:
-                requests_mock.add_callback(method, _ANSWERED, callback=self._answer_requests, content_type=None)
-            requests_mock.start()
-            self._patches.append(requests_mock)
-            httpx_mock = respx.MockRouter(assert_all_mocked=True, assert_all_called=False)
-            httpx_mock.route(url__regex=_ANSWERED.pattern).mock(side_effect=self._answer_httpx)
-            httpx_mock.route(url__regex=_LOOPBACK.pattern).pass_through()
-            httpx_mock.route().mock(side_effect=_refuse_httpx)
-            httpx_mock.start()
-            self._patches.append(httpx_mock)
+            _INTERCEPTION.enter(self)
         except BaseException:
             self.stop()
             raise
         return self
 
     def stop(self) -> None:
-        for patch in reversed(self._patches):
-            patch.stop()
-            if hasattr(patch, "reset"):
-                patch.reset()
-        self._patches.clear()
+        _INTERCEPTION.leave(self)
         try:
             self.mirror.stop()
             self._app.close()
@@ -220,6 +204,69 @@ class _InProcessClient:
             self._portal_cm = None
 
 
+class _Interception:
+    """The patches of `requests` and `httpx`, one set for the whole process
+    however many mocks are open: installed when the first starts, removed
+    when the last stops, in whatever order they stop. A call goes to the
+    newest mock opened by the calling thread, else to the newest open."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: list[BackgroundChangeMock] = []
+        self._patches: list[Any] = []
+
+    def enter(self, mock: BackgroundChangeMock) -> None:
+        with self._lock:
+            if not self._open:
+                self._install()
+            self._open.append(mock)
+
+    def leave(self, mock: BackgroundChangeMock) -> None:
+        with self._lock:
+            if mock not in self._open:
+                return
+            self._open.remove(mock)
+            if not self._open:
+                for patch in reversed(self._patches):
+                    patch.stop()
+                    if hasattr(patch, "reset"):
+                        patch.reset()
+                self._patches.clear()
+
+    def current(self) -> BackgroundChangeMock:
+        with self._lock:
+            if not self._open:
+                raise RuntimeError("no compositor mock is open")
+            mine = [mock for mock in self._open if mock.started_by == threading.get_ident()]
+            return (mine or self._open)[-1]
+
+    def _install(self) -> None:
+        import responses
+        import respx
+
+        requests_mock = responses.RequestsMock(assert_all_requests_are_fired=False)
+        requests_mock.add_passthru(_LOOPBACK)
+        for method in _METHODS:
+            requests_mock.add_callback(method, _ANSWERED, callback=self._answer_requests, content_type=None)
+        requests_mock.start()
+        self._patches.append(requests_mock)
+        httpx_mock = respx.MockRouter(assert_all_mocked=True, assert_all_called=False)
+        httpx_mock.route(url__regex=_ANSWERED.pattern).mock(side_effect=self._answer_httpx)
+        httpx_mock.route(url__regex=_LOOPBACK.pattern).pass_through()
+        httpx_mock.route().mock(side_effect=_refuse_httpx)
+        httpx_mock.start()
+        self._patches.append(httpx_mock)
+
+    def _answer_requests(self, request: Any) -> tuple[int, dict[str, str], bytes]:
+        return self.current()._answer_requests(request)
+
+    def _answer_httpx(self, request: httpx.Request) -> httpx.Response:
+        return self.current()._answer_httpx(request)
+
+
+_INTERCEPTION = _Interception()
+
+
 def _refuse_httpx(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError(
         f"compositor's mock lets nothing leave this machine: {request.url.host} is not upstream's or loopback",
@@ -234,18 +281,18 @@ class MockBackgroundChange:
 
     def __init__(self, **options: Any) -> None:
         self._options = options
-        self._mock: BackgroundChangeMock | None = None
+        self._mocks: list[BackgroundChangeMock] = []  # entered again while open: each entry its own mock
 
     def __enter__(self) -> BackgroundChangeMock:
-        self._mock = BackgroundChangeMock(**self._options).start()
-        return self._mock
+        mock = BackgroundChangeMock(**self._options).start()
+        self._mocks.append(mock)
+        return mock
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if self._mock is not None:
-            self._mock.stop()
-            self._mock = None
+        if self._mocks:
+            self._mocks.pop().stop()
 
     def __call__(self, function: F) -> F:
         options = self._options

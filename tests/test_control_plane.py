@@ -156,3 +156,55 @@ def test_jobs_held_by_a_policy_survive_a_restart(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert os.path.exists(tmp_path / "jobs.sqlite3")
+
+
+def test_a_drop_is_a_drop_whatever_x_forwarded_for_says(tmp_path: Path) -> None:
+    server = start_server(tmp_path, CONFIG)
+    try:
+        MirrorControl(server.base).add_fault(operation="info", drop=True)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(
+                f"{server.base}{INFO}",
+                params={"image_model_id": "x"},
+                headers={"x-api-key": SECRET, "x-forwarded-for": "203.0.113.9"},
+                timeout=10,
+            )
+        time.sleep(0.2)
+        assert "Exception in ASGI application" not in server.log.read_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"origin": "https://evil.example", "content-type": "application/json"},
+        {"host": "attacker.example", "content-type": "application/json"},
+        {"content-type": "text/plain"},
+        {"content-type": "application/x-www-form-urlencoded"},
+        {"sec-fetch-site": "cross-site", "content-type": "application/json"},
+    ],
+)
+def test_open_controls_refuse_what_a_web_page_could_send(tmp_path: Path, headers: dict[str, str]) -> None:
+    server = start_server(tmp_path, CONFIG)
+    try:
+        answer = httpx.post(f"{server.base}/_mirror/faults", content=b'{"code": 1005}', headers=headers)
+        assert answer.status_code == 403 and "error" in answer.json()
+        peek = httpx.get(f"{server.base}/_mirror/requests", headers={"host": "attacker.example"})
+        assert peek.status_code == 403
+        assert MirrorControl(server.base).faults() == []
+    finally:
+        server.stop()
+
+
+def test_a_control_body_over_the_cap_is_413_in_the_controls_shape(tmp_path: Path) -> None:
+    server = start_server(tmp_path, CONFIG)
+    try:
+        answer = httpx.post(
+            f"{server.base}/_mirror/faults",
+            content=b"x" * (2 * 1024 * 1024),
+            headers={"content-type": "application/json"},
+        )
+        assert answer.status_code == 413 and answer.json()["field"] == "body"
+    finally:
+        server.stop()

@@ -418,3 +418,68 @@ def test_reset_forgets_everything_but_the_clients(upstream: Upstream) -> None:
     assert requests.get(job["image"], timeout=30).status_code == 404
     fresh = upstream.submit()  # the key still works, and the default policy is back
     assert upstream.wait(fresh["_id"])["image_status"] == 3
+
+
+# --- found by trying to break it ---------------------------------------------------
+
+
+def test_reset_cancels_a_webhook_waiting_on_its_latency(upstream: Upstream, receiver: Receiver) -> None:  # noqa: F811
+    upstream.control.add_fault(operation="webhook", latency_ms=1500)
+    job = upstream.submit(webhookUrl=receiver.url)
+    upstream.wait(job["_id"])
+    time.sleep(0.3)  # the first delivery is waiting on its latency
+    upstream.control.reset()
+    time.sleep(2.0)
+    assert receiver.payloads == []
+
+
+def test_a_secret_sent_as_the_client_id_is_not_journaled(bg_mirror: Any) -> None:
+    # (The mock takes any id as a new client's, so there a swapped pair is a client of its own.)
+    swapped = {"clientId": bg_mirror.client_secret, "clientSecret": bg_mirror.client_id}
+    assert requests.post(bg_mirror.base_url + TOKEN, json=swapped, timeout=30).json()["code"] == 1101
+    assert bg_mirror.client_secret not in json.dumps(bg_mirror.requests())
+
+
+def test_a_non_ascii_secret_is_1101_not_a_server_error(upstream: Upstream) -> None:
+    upstream.call("GET", INFO, params={"image_model_id": "x"})  # the mock knows a key's client once it has called
+    answer = upstream.call("POST", TOKEN, json={"clientId": upstream.client_id, "clientSecret": "é" * 8})
+    assert answer.status_code == 200 and answer.json()["code"] == 1101
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c._call("POST", "/jobs/abc/fail", {"reason": "x", "z": 1}), "z"),
+        (lambda c: c.add_fault(code=1005, latency_ms=float("nan")), "latency_ms"),
+        (lambda c: c.add_fault(code=1005, probability=float("inf")), "probability"),
+    ],
+)
+def test_more_bad_control_input_names_its_field(upstream: Upstream, call: Any, field: str) -> None:
+    with pytest.raises(MirrorControlError) as refused:
+        call(upstream.control)
+    assert refused.value.status == 400 and refused.value.field == field
+
+
+def test_an_id_with_a_slash_cannot_reach_another_control(upstream: Upstream) -> None:
+    upstream.control.add_fault(operation="info", code=1005)
+    with pytest.raises(MirrorControlError) as refused:
+        upstream.control.remove_fault("../faults")
+    assert refused.value.status == 404
+    assert len(upstream.control.faults()) == 1
+
+
+def test_the_range_of_times_is_said_in_whole_numbers(upstream: Upstream) -> None:
+    with pytest.raises(MirrorControlError, match="from 1 to 2147483648"):
+        upstream.control.add_fault(code=1005, times=0)
+
+
+@pytest.mark.parametrize("content", [b"", b"null", b"[1]"])
+def test_a_fault_rule_must_be_a_json_object(upstream: Upstream, content: bytes) -> None:
+    http = upstream.control._http
+    answer = http.request(
+        "POST",
+        upstream.control.base_url + "/_mirror/faults",
+        content=content,
+        headers={"content-type": "application/json"},
+    )
+    assert answer.status_code == 400 and answer.json()["field"] == "body"

@@ -165,3 +165,45 @@ def test_leaving_the_mock_restores_the_real_clients(local_server: str) -> None:
 def test_a_local_data_uri_source_needs_no_mapping() -> None:
     with mock_background_change():
         assert submit_and_poll(body(origin_img=FOREGROUND))["image_status"] == 3
+
+
+@pytest.mark.parametrize("first_out", ["outer", "inner"])
+def test_overlapping_mocks_restore_the_clients_in_either_order(local_server: str, first_out: str) -> None:
+    original = requests.adapters.HTTPAdapter.send
+    outer, inner = mock_background_change(), mock_background_change()
+    outer_mock, inner_mock = outer.__enter__(), inner.__enter__()
+    submit_and_poll(body())
+    assert inner_mock.jobs() and not outer_mock.jobs()  # the newest open mock answers
+    for context in (outer, inner) if first_out == "outer" else (inner, outer):
+        context.__exit__(None, None, None)
+    assert requests.adapters.HTTPAdapter.send is original
+    assert requests.get(local_server).text == "hello"
+
+
+def test_each_thread_is_answered_by_the_mock_it_opened() -> None:
+    import threading
+
+    results: dict[int, tuple[int, int]] = {}
+    ready = threading.Barrier(2)
+
+    def worker(index: int) -> None:
+        with mock_background_change() as mock:
+            ready.wait()
+            job = submit_and_poll(body())
+            results[index] = (job["image_status"], len(mock.jobs()))
+            ready.wait()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == {0: (3, 1), 1: (3, 1)}
+
+
+def test_entering_the_same_mock_twice_gives_two_and_closes_both() -> None:
+    original = requests.adapters.HTTPAdapter.send
+    context = mock_background_change()
+    with context as first, context as second:
+        assert first is not second
+    assert requests.adapters.HTTPAdapter.send is original

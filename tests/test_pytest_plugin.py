@@ -37,7 +37,8 @@ def run_user_suite(folder: Path, name: str, text: str) -> subprocess.CompletedPr
     """pytest on one test file in a folder of its own, as a user's suite runs."""
     (folder / name).write_text(text)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", name],
+        # -W error: a suite that makes warnings errors must not fail for the fixtures' sake (an unclosed socket).
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", name],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -56,3 +57,45 @@ def test_the_plugin_is_registered_as_an_entry_point() -> None:
 
     plugins = {entry.name: entry.value for entry in entry_points(group="pytest11")}
     assert plugins.get("compositor") == "compositor.pytest_plugin"
+
+
+SLOW_USER_TEST = """
+import os, time
+
+def test_that_is_killed(bg_mirror):
+    with open("server.pid", "w") as out:
+        out.write(str(bg_mirror.server_pid))
+    time.sleep(120)
+"""
+
+
+def test_the_server_ends_when_pytest_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    (tmp_path / "test_slow.py").write_text(SLOW_USER_TEST)
+    suite = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_slow.py"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_file = tmp_path / "server.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    server_pid = int(pid_file.read_text())
+    suite.send_signal(signal.SIGKILL)  # nothing of pytest's runs: no teardown
+    suite.wait(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{server_pid}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # ended, waiting for init to reap it
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"the bg_mirror server {server_pid} outlived the killed pytest")

@@ -4,8 +4,10 @@ difference between the controls and the API under test). Every call turns
 into one call on the back end (`Mirror`) or its `Controls`.
 
 Who may call: with an admin token configured, only a request carrying it in
-`x-mirror-admin` (401 otherwise, loopback or not); without one, anyone who
-reaches a loopback-bound server. Elsewhere the routes do not exist (404).
+`x-mirror-admin` (401 otherwise, loopback or not; a browser sends no such
+header cross-site without asking first); without one, the programs of the
+machine a loopback-bound server runs on, and not a web page open in its
+browser (`sameorigin.py`: 403). Elsewhere the routes do not exist (404).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from compositor.mirror.controls import ControlInputError
 from compositor.mirror.middleware import read_json
 from compositor.mirror.models import ApiError
+from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem
 from compositor.mirror.service import Mirror
 
 ADMIN_HEADER = "x-mirror-admin"
@@ -34,17 +37,23 @@ def _error(status: int, message: str, field: str | None = None) -> JSONResponse:
     return JSONResponse(content, status_code=status)
 
 
-async def _body(request: Request) -> object:
+async def _body(request: Request, *, empty: object = None) -> object:
+    """The JSON body; `empty` for none at all (None: a body is needed)."""
     try:
         body = await read_json(request)
     except ApiError as exc:
         raise ControlInputError("body", exc.message.removeprefix("body: ")) from None
-    return {} if body is None else body
+    if body is None:
+        if empty is None:
+            raise ControlInputError("body", "is empty: a JSON object is needed")
+        return empty
+    return body
 
 
 def add_controls(app: FastAPI, mirror: Mirror) -> None:
     token = mirror.settings.admin_token
     controls = mirror.controls
+    allowed_hosts = LOOPBACK_NAMES | {name.lower() for name in mirror.settings.page_hosts}
 
     def control(method: str, path: str, summary: str) -> Callable[[Handler], Handler]:
         """A control route: the admin check first, then the handler; bad input is a 400 naming the field."""
@@ -55,6 +64,11 @@ def add_controls(app: FastAPI, mirror: Mirror) -> None:
                     given = request.headers.get(ADMIN_HEADER, "")
                     if not secrets.compare_digest(given.encode(), token.encode()):
                         return _error(401, f"the control plane needs the {ADMIN_HEADER} header with the admin token")
+                else:
+                    body_types = ("application/json",) if method == "POST" else None
+                    problem = cross_site_problem(request.headers, allowed_hosts, body_types)
+                    if problem is not None:
+                        return _error(403, f"the control plane {problem}")
                 try:
                     return await handler(request)
                 except ControlInputError as exc:
@@ -88,7 +102,7 @@ def add_controls(app: FastAPI, mirror: Mirror) -> None:
 
     @control("POST", "/_mirror/jobs/policy", "How the next jobs progress")
     async def set_policy(request: Request) -> Any:
-        return controls.policies.set(await _body(request))
+        return controls.policies.set(await _body(request, empty={}))
 
     @control("GET", "/_mirror/jobs/policy", "The job policy now")
     async def get_policy(request: Request) -> Any:
@@ -97,7 +111,11 @@ def add_controls(app: FastAPI, mirror: Mirror) -> None:
     @control("POST", "/_mirror/jobs/{job_id}/fail", "End an unfinished job with status 4")
     async def fail_job(request: Request) -> Any:
         body = await _body(request)
-        reason = body.get("reason") if isinstance(body, dict) else None
+        if not isinstance(body, dict) or set(body) - {"reason"}:
+            unknown = sorted(set(body) - {"reason"}) if isinstance(body, dict) else []
+            field = unknown[0] if unknown else "body"
+            raise ControlInputError(field, "is not a field of a failure (known: reason)")
+        reason = body.get("reason")
         if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
             raise ControlInputError("reason", "must be a non-empty string of at most 1000 characters")
         job_id = request.path_params["job_id"]

@@ -54,8 +54,12 @@ def _number(raw: dict[str, Any], name: str, low: float, high: float, *, integer:
     if isinstance(value, bool) or not ok_type or (isinstance(value, float) and not math.isfinite(value)):
         raise ControlInputError(name, f"must be {'an integer' if integer else 'a number'}")
     if not low <= value <= high:
-        raise ControlInputError(name, f"must be from {low:g} to {high:g}")
+        raise ControlInputError(name, f"must be from {_plain(low)} to {_plain(high)}")
     return value
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 def _flag(raw: dict[str, Any], name: str) -> bool:

@@ -55,10 +55,17 @@ class BodyTooLarge(Exception):
         super().__init__(f"body: larger than the limit of {limit} bytes")
 
 
+CONTROL_PREFIX = "/_mirror/"  # the test controls answer plain JSON, not the API's envelope
+
+
 async def send_envelope(send: Send, status: int, code: int, msg: str, data: Any = None) -> None:
     content: dict[str, Any] = {"code": code, "msg": msg}
     if data is not None:
         content["data"] = data
+    await send_json(send, status, content)
+
+
+async def send_json(send: Send, status: int, content: dict[str, Any]) -> None:
     body = json.dumps(content).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -77,7 +84,10 @@ class BodyLimit:
         limit = self.limit_for(scope.get("path", ""))
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await send_envelope(send, 413, 1003, str(BodyTooLarge(limit)))
+            if scope.get("path", "").startswith(CONTROL_PREFIX):
+                await send_json(send, 413, {"error": str(BodyTooLarge(limit)), "field": "body"})
+            else:
+                await send_envelope(send, 413, 1003, str(BodyTooLarge(limit)))
             return
         received = 0
 

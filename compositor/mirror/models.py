@@ -90,7 +90,7 @@ class Accounts:
         if (
             client is None
             or not isinstance(client_secret, str)
-            or not secrets.compare_digest(client.client_secret, client_secret)
+            or not secrets.compare_digest(client.client_secret.encode(), client_secret.encode("utf-8", "surrogatepass"))
         ):
             raise ApiError(ApiCode.INVALID_AUTHORIZATION, "invalid clientId or clientSecret")
         now = int(time.time())

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -27,6 +26,7 @@ from compositor.errors import ApiCode, CompositorError
 from compositor.mirror.middleware import read_json
 from compositor.mirror.models import ApiError, StoreError, StoreFullError
 from compositor.mirror.pool import WorkerDied, WorkerError
+from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview
 from compositor.models import load_manifest, model_names, status
@@ -39,7 +39,6 @@ PREVIEW_MAX_SIDE = 1024
 PAGE_TASKS = 4
 _STATIC = resources.files("compositor.mirror") / "static"
 _UPLOAD_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
 class CrossSiteError(Exception):
@@ -49,7 +48,7 @@ class CrossSiteError(Exception):
 def add_page(app: FastAPI, mirror: Mirror) -> None:
     settings = mirror.settings
     uploads = settings.uploads_dir
-    allowed_hosts = _LOOPBACK_NAMES | {name.lower() for name in settings.page_hosts}
+    allowed_hosts = LOOPBACK_NAMES | {name.lower() for name in settings.page_hosts}
     tasks = asyncio.Semaphore(PAGE_TASKS)
 
     @app.exception_handler(CrossSiteError)
@@ -58,9 +57,9 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
 
     def check_host(request: Request) -> None:
         """A loopback name (or a configured one) in the Host header: no DNS rebinding."""
-        host = _hostname(request.headers.get("host", ""))
-        if host not in allowed_hosts:
-            raise CrossSiteError(f"the page answers on loopback names only, not host {host!r} (see --page-host)")
+        problem = host_problem(request.headers, allowed_hosts)
+        if problem is not None:
+            raise CrossSiteError(f"the page {problem} (see --page-host)")
 
     def check_caller(request: Request, content_types: tuple[str, ...]) -> None:
         """The page's endpoints render and read files without an account on
@@ -83,14 +82,9 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         if not loopback_peer:
             mirror.authenticate(None, None)  # 1102: authorization cannot be empty
         check_host(request)
-        origin = request.headers.get("origin")
-        if origin is not None and (origin == "null" or _hostname(urlsplit(origin).netloc) not in allowed_hosts):
-            raise CrossSiteError("cross-site requests are refused")
-        if request.headers.get("sec-fetch-site") == "cross-site":
-            raise CrossSiteError("cross-site requests are refused")
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not kind.startswith(content_types):
-            raise CrossSiteError(f"wants a body of type {' or '.join(content_types)}, not {kind or 'none'!r}")
+        problem = cross_site_problem(request.headers, allowed_hosts, content_types)
+        if problem is not None:
+            raise CrossSiteError(problem)
 
     @contextlib.asynccontextmanager
     async def page_slot() -> AsyncIterator[None]:
@@ -227,11 +221,3 @@ def _store_failure() -> Iterator[None]:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreFullError("the disk under the data dir is full") from None
         raise StoreError("cannot store the upload") from None
-
-
-def _hostname(netloc: str) -> str:
-    """The host of a Host header or an origin's netloc, lower case, without the port."""
-    netloc = netloc.strip().lower()
-    if netloc.startswith("["):
-        return netloc[: netloc.find("]") + 1] if "]" in netloc else netloc
-    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc

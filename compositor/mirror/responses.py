@@ -25,6 +25,7 @@ from compositor.errors import ApiCode, InvalidRequestError
 from compositor.mirror.connections import DropConnection, Dropper
 from compositor.mirror.control_routes import add_controls
 from compositor.mirror.middleware import (
+    CONTROL_PREFIX,
     AccessLog,
     BodyLimit,
     BodyTooLarge,
@@ -118,7 +119,9 @@ def _routes(mirror: Mirror) -> FastAPI:
         return response
 
     @app.exception_handler(BodyTooLarge)
-    async def too_large(_: Request, exc: BodyTooLarge) -> JSONResponse:
+    async def too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        if request.url.path.startswith(CONTROL_PREFIX):
+            return JSONResponse({"error": str(exc), "field": "body"}, status_code=413)
         response = envelope(int(ApiCode.PARAMETER_ERROR), str(exc))
         response.status_code = 413
         return response
@@ -152,14 +155,17 @@ def _routes(mirror: Mirror) -> FastAPI:
         report = exc.report.envelope()
         return envelope(report["code"], report["msg"], report["data"])
 
-    async def faulted(request: Request, operation: str, caller: Callable[[], str | None]) -> JSONResponse | None:
+    async def faulted(
+        request: Request, operation: str, caller: Callable[[], str | None], shown: object = ...
+    ) -> JSONResponse | None:
         """What a fault rule answers instead of the API, if one fires for this call (after its latency).
-        `caller` names the calling client; it is asked only while there are rules to match."""
+        `caller` names the calling client for matching; it is asked only while there are rules to match.
+        The access log and the journal get `shown` when given, else that name."""
         request.state.operation = operation
         if not mirror.controls.faults.any():
             return None
         client_id = caller()
-        request.state.client_id = client_id  # for the access log and the journal
+        request.state.client_id = client_id if shown is ... else shown
         rule = mirror.controls.faults.fire(operation, client_id)
         if rule is None:
             return None
@@ -183,13 +189,17 @@ def _routes(mirror: Mirror) -> FastAPI:
         request.state.operation = "getToken"  # journaled even when its body is not JSON
         body = await read_json(request)
         claimed = body.get("clientId") if isinstance(body, dict) else None
-        request.state.client_id = claimed if isinstance(claimed, str) else None  # an id, never the secret
-        fault = await faulted(request, "getToken", lambda: request.state.client_id)
+        claimed = claimed if isinstance(claimed, str) else None
+        # Journaled only when it names a client: a caller who swapped id and secret must not get the secret stored.
+        known = claimed if claimed is not None and mirror.accounts.get(claimed) else None
+        request.state.client_id = known
+        fault = await faulted(request, "getToken", lambda: claimed, known)
         if fault is not None:
             return fault
         if not isinstance(body, dict):
             raise ApiError(ApiCode.PARAMETER_ERROR, "body: must be a JSON object with clientId and clientSecret")
         token = mirror.issue_token(body.get("clientId"), body.get("clientSecret"))
+        request.state.client_id = claimed  # a token was issued: it names a client
         return JSONResponse({"code": 1000, "msg": "OK", "token": token})
 
     replace_path = "/api/open/v3/content/image/bg/replace"

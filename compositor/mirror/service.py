@@ -269,6 +269,7 @@ class Mirror:
         rate windows forgotten; clients and their keys stay. A render under way
         finishes into nothing (its result is deleted when it comes back)."""
         self.controls.reset()
+        self.webhooks.forget()
         self.accounts.forget_rates()
         for path in self.store.forget_all():
             Path(path).unlink(missing_ok=True)

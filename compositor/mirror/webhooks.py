@@ -102,6 +102,7 @@ class WebhookOutbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopped = False
+        self._generation = 0  # a reset's count: a delivery begun before one is not made after it
         self._thread = threading.Thread(target=self._run, name="webhooks", daemon=True)
 
     def start(self) -> None:
@@ -113,6 +114,10 @@ class WebhookOutbox:
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed
                 loop.call_soon_threadsafe(wake.set)
+
+    def forget(self) -> None:
+        """Deliveries under way (waiting on a fault's latency) are not made: the test controls' reset."""
+        self._generation += 1
 
     def stop(self) -> None:
         self._stopped = True
@@ -183,9 +188,12 @@ class WebhookOutbox:
         secret = self._secret_for(notice.client_id)
         status: int | None = None
         error: str | None = None
+        generation = self._generation
         rule = self.faults.fire("webhook", notice.client_id) if self.faults is not None else None
         if rule is not None and rule.latency_ms:
             await asyncio.sleep(rule.latency_ms / 1000)
+        if generation != self._generation:
+            return  # forgotten by a reset while it waited
         if secret is None:
             error = "the job's client no longer exists"
         elif rule is not None and rule.drop:
