@@ -162,11 +162,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="removeBg's model for every job: u2netp (default), u2net or modnet ($COMPOSITOR_MODEL)",
     )
     serve.add_argument(
+        "--scheduler",
+        metavar="tcp://HOST:PORT",
+        help="render jobs on this Dask cluster instead of local processes ($COMPOSITOR_SCHEDULER)",
+    )
+    serve.add_argument(
         "--scenario", type=Path, help="a TOML file of fault rules and a job policy to start with ($COMPOSITOR_SCENARIO)"
     )
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     serve.add_argument("--log-format", choices=("text", "json"), help="text (default) or one JSON object a line")
     serve.set_defaults(handler=_serve)
+
+    batch = commands.add_parser(
+        "batch", help="render many bodies (JSONL or a folder of .json) on the local cores or a Dask cluster"
+    )
+    batch.add_argument("input", type=Path, help="a JSONL file (a body, or {id, body}, a line) or a folder of *.json")
+    batch.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="results and report.jsonl")
+    batch.add_argument("--workers", type=int, help="local render processes (default: the core count)")
+    batch.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="render on this Dask cluster instead")
+    batch.add_argument("--resume", action="store_true", help="skip items whose output exists; append to the report")
+    batch.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
+    _add_source_map_argument(batch)
+    batch.set_defaults(handler=_batch)
 
     submit = commands.add_parser("submit", help="send a body to the mirror or upstream, wait, download the result")
     submit.add_argument("request", help="request body (JSON file, or - for stdin)")
@@ -451,6 +468,7 @@ def _opened_output(output: str) -> Iterator[IO[bytes]]:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from compositor.executors import ExecutorUnavailable
     from compositor.mirror import config
     from compositor.mirror.connections import droppable_protocol
     from compositor.mirror.lock import DataDirInUseError
@@ -475,6 +493,7 @@ def _serve(args: argparse.Namespace) -> int:
         "admin_token": args.admin_token,
         "scenario": args.scenario,
         "model": args.model,
+        "scheduler": args.scheduler,
     }
     from compositor import logs
 
@@ -499,7 +518,7 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         mirror = Mirror(served.settings)
-    except (DataDirInUseError, StoreError, OSError) as exc:
+    except (DataDirInUseError, StoreError, OSError, ExecutorUnavailable) as exc:
         listener.close()
         print(f"compositor: {_one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -540,7 +559,8 @@ def _print_banner(served: Any) -> None:
 
     settings = served.settings
     base = settings.public_base_url
-    print(f"compositor mirror on {base}  (data in {settings.data_dir}, {settings.workers} workers)")
+    where = f"on the Dask cluster at {settings.scheduler}" if settings.scheduler else f"{settings.workers} workers"
+    print(f"compositor mirror on {base}  (data in {settings.data_dir}, {where})")
     print(f"  docs: {base}/docs   page: {base}/")
     if settings.admin_token is not None:
         print(f"  test controls: {base}/_mirror/ (with the admin token in the x-mirror-admin header)")
@@ -591,6 +611,64 @@ def _model_state(name: str) -> str:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from compositor.batch import BatchInputError, BatchRun, Progress, count_items, read_items
+    from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
+    from compositor.heap import prepare_render_process
+    from compositor.sourcemap import SourceMapError
+
+    source: Path = args.input
+    if not source.exists():
+        print(f"compositor: no input at {source}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not source.is_dir() and not source.is_file():
+        print(f"compositor: {source} is neither a JSONL file nor a folder", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.workers is not None and args.workers < 1:
+        print("compositor: --workers must be 1 or more", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        source_map = _source_map(args)
+        total = count_items(source)
+        args.output.mkdir(parents=True, exist_ok=True)
+        probe = args.output / ".compositor-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (BatchInputError, SourceMapError) as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except OSError as exc:
+        print(f"compositor: cannot write to {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        executor: RenderExecutor = (
+            DaskExecutor(args.scheduler)
+            if args.scheduler
+            else LocalExecutor(args.workers or os.cpu_count() or 1, name="batch", initializer=prepare_render_process)
+        )
+    except ExecutorUnavailable as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    run = BatchRun(
+        args.output, executor, source_map=source_map, model=args.model, resume=args.resume, progress=Progress(total)
+    )
+    try:
+        summary = run.run(read_items(source))
+    except BatchInputError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    finally:
+        executor.shutdown()
+    report = args.output / "report.jsonl"
+    line = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped; report in {report}"
+    if summary.stopped_by == "interrupted":
+        line = f"interrupted: {line}; {summary.not_run} not run (--resume carries on)"
+    elif summary.stopped_by is not None:
+        line = f"stopped, {summary.stopped_by}: {line}; {summary.not_run} not run (--resume carries on)"
+    print(f"compositor: {line}", file=sys.stderr)
+    return summary.exit_code
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -34,6 +34,11 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def prepare_render_process() -> None:
+    """Process-wide settings of a process that renders, once, before any render (a pool's initializer)."""
+    use_one_malloc_arena()
+
+
 def use_one_malloc_arena() -> bool:
     """Make threads share the main malloc arena. Call it before the threads
     that render first allocate (an arena is never removed once made).

@@ -152,6 +152,7 @@ def select_providers(device: str, available: list[str]) -> list[str]:
 
 _sessions: dict[tuple[str, str, str], BackgroundRemover] = {}
 _sessions_lock = threading.Lock()
+_loads: dict[str, int] = {}
 _warned: set[str] = set()
 
 
@@ -167,7 +168,14 @@ def get_remover(options: RemovalOptions) -> BackgroundRemover:
             spec = get_spec(options.model)
             remover = BackgroundRemover(spec, verified_path(options.model, options.model_home), options.device)
             _sessions[key] = remover
+            _loads[options.model] = _loads.get(options.model, 0) + 1
         return remover
+
+
+def model_loads() -> dict[str, int]:
+    """How many times this process has loaded each model (once each, unless sessions were reset)."""
+    with _sessions_lock:
+        return dict(_loads)
 
 
 def remove_background(image: Image.Image, options: RemovalOptions | None = None) -> Image.Image:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from compositor.mirror.pool import WorkerDied, WorkerPool
+from compositor.pool import WorkerDied, WorkerPool
 
 
 def started(pool: WorkerPool, count: int) -> list[int]:

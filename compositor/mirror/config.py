@@ -175,6 +175,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         source_map=source_map,
         controls_open=is_loopback(host),
         model=model,
+        scheduler=pick("scheduler", "COMPOSITOR_SCHEDULER", None) or None,
         admin_token=admin_token,
         scenario=scenario,
         body_limit=int(file.get("max_body_bytes", MB)),

@@ -25,11 +25,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from compositor.errors import ApiCode, CompositorError
 from compositor.mirror.middleware import read_json
 from compositor.mirror.models import ApiError, StoreError, StoreFullError
-from compositor.mirror.pool import WorkerDied, WorkerError
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview
 from compositor.models import load_manifest, model_names, status
+from compositor.pool import WorkerDied, WorkerError
 from compositor.request import validate
 from compositor.sources import sniff_type
 

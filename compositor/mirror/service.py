@@ -23,6 +23,7 @@ from typing import Any
 
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
+from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
 from compositor.mirror.controls import Controls, Scenario
 from compositor.mirror.lock import DataDirLock
 from compositor.mirror.models import (
@@ -35,10 +36,10 @@ from compositor.mirror.models import (
     JobStore,
     StoreError,
 )
-from compositor.mirror.pool import WorkerDied, WorkerPool
 from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
-from compositor.mirror.worker import RenderOutcome, prepare_worker, render_to_file
+from compositor.mirror.worker import RenderOutcome, prepare_worker, render_png, render_to_file, store_png
 from compositor.outbound import OutboundPolicy
+from compositor.pool import WorkerDied, WorkerPool
 from compositor.request import Limits, validate
 from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
@@ -83,6 +84,7 @@ class MirrorSettings:
     page_hosts: tuple[str, ...] = ()
     source_map: SourceMap = field(default_factory=SourceMap)  # from --source-map
     model: str = "u2netp"  # removeBg's model for every job (upstream's body has no field for it)
+    scheduler: str | None = None  # a Dask scheduler's address: jobs render on that cluster
     # The test controls: open on a loopback server, else only with the admin token (None: off).
     controls_open: bool = False
     admin_token: str | None = None
@@ -150,8 +152,15 @@ class Mirror:
             settings.scenario.apply(self.controls)
         self.webhooks.faults = self.controls.faults
         self.sources = settings.sources
-        self.pool: WorkerPool | None = None
+        self.pool: RenderExecutor | None = None
         self.previews: WorkerPool | None = None
+        self._remote = settings.scheduler is not None
+        if settings.scheduler is not None:  # connected now, so an unreachable cluster stops the start in one line
+            try:
+                self.pool = DaskExecutor(settings.scheduler)
+            except BaseException:
+                self._lock.release()
+                raise
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._in_flight: dict[str, Job] = {}
@@ -168,7 +177,8 @@ class Mirror:
         if self.settings.inline:
             self.webhooks.start()
             return
-        self.pool = WorkerPool(self.settings.workers, name="render", initializer=prepare_worker)
+        if self.pool is None:
+            self.pool = LocalExecutor(self.settings.workers, name="render", initializer=prepare_worker)
         self.previews = WorkerPool(self.settings.preview_workers, name="preview", initializer=prepare_worker)
         for target, name in ((self._dispatch, "dispatcher"), (self._expire_loop, "expiry")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -313,7 +323,7 @@ class Mirror:
 
     def _claim(self) -> None:
         assert self.pool is not None
-        while len(self._in_flight) < self.settings.workers and time.monotonic() >= self._paused_until:
+        while len(self._in_flight) < self.pool.capacity and time.monotonic() >= self._paused_until:
             if self._stopping.is_set():
                 return
             job = self.store.claim_next()
@@ -325,10 +335,13 @@ class Mirror:
                 continue
             _job_line(job, "processing")
             self._in_flight[job.id] = job
-            budget = self.settings.memory_budget
-            future = self.pool.submit(
-                render_to_file, job.body, str(self._result_path(job)), self.sources, budget, self.settings.model
-            )
+            budget, model = self.settings.memory_budget, self.settings.model
+            if self._remote:  # the cluster's workers share no storage with us: the PNG comes back
+                future = self.pool.submit(render_png, job.body, self.sources, budget, model)
+            else:
+                future = self.pool.submit(
+                    render_to_file, job.body, str(self._result_path(job)), self.sources, budget, model
+                )
             future.add_done_callback(functools.partial(self._answered, job))
 
     def _run_inline(self, job_id: str) -> None:
@@ -374,6 +387,13 @@ class Mirror:
     def _store_outcome(self, job: Job, done: Future[RenderOutcome]) -> None:
         try:
             outcome = done.result()
+        except ExecutorUnavailable as exc:
+            pause = 5.0
+            log.error("job %s: %s; it waits, and the dispatcher tries again in %.0f s", job.id, exc, pause)
+            self.store.requeue(job.id, count_attempt=False)
+            self._paused_until = time.monotonic() + pause
+            _job_line(job, "requeued", str(exc))
+            return
         except WorkerDied as exc:
             if job.attempts < MAX_ATTEMPTS:
                 log.warning("job %s: %s; running it again", job.id, exc)
@@ -387,6 +407,8 @@ class Mirror:
             log.error("job %s: the render failed unexpectedly: %s", job.id, exc)
             self._fail(job, "the render failed unexpectedly")
             return
+        if outcome.png is not None:
+            outcome = store_png(outcome.png, str(self._result_path(job)))
         if outcome.transient:
             pause = 5.0
             log.warning("job %s: %s; it waits, and new jobs wait %.0f s", job.id, outcome.failure, pause)

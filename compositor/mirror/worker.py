@@ -23,26 +23,25 @@ class RenderOutcome:
 
     failure: str | None = None
     transient: bool = False
+    png: bytes | None = None  # from a cluster's worker: the server writes it (no storage is shared)
 
 
 def prepare_worker() -> None:
     """Process-wide settings of a render process, once, before any render."""
-    from compositor.heap import use_one_malloc_arena
+    from compositor.heap import prepare_render_process
 
-    use_one_malloc_arena()
+    prepare_render_process()
 
 
-def render_to_file(
-    body: dict[str, Any], result_path: str, sources: SourcePolicy, budget: int | None, model: str = "u2netp"
-) -> RenderOutcome:
-    """Render `body` into `result_path` (atomically). removeBg uses `model`
-    (the server's setting: upstream's body has no field for it), loaded on
-    this worker's first use and kept, from where the server's environment
-    says ($COMPOSITOR_MODEL_HOME, else the checkout)."""
+def render_png(body: dict[str, Any], sources: SourcePolicy, budget: int | None, model: str = "u2netp") -> RenderOutcome:
+    """Render `body` to PNG bytes, returned (a cluster's worker: the server
+    writes them). removeBg uses `model` (the server's setting: upstream's body
+    has no field for it), loaded on this worker's first use and kept, from
+    where the worker's environment says ($COMPOSITOR_MODEL_HOME, else the
+    checkout)."""
     from compositor import CompositorError, RemovalOptions, RenderOptions
     from compositor.encode import encode
     from compositor.engine import render_array
-    from compositor.files import write_atomically
     from compositor.heap import release_free_heap
 
     options = RenderOptions(sources=sources, memory_budget=budget, removal=RemovalOptions(model=model))
@@ -55,6 +54,22 @@ def render_to_file(
         return RenderOutcome(str(exc))
     except MemoryError:
         return RenderOutcome(f"the render ran out of memory (budget {_mb(budget)} per job)")
+    return RenderOutcome(png=data)
+
+
+def render_to_file(
+    body: dict[str, Any], result_path: str, sources: SourcePolicy, budget: int | None, model: str = "u2netp"
+) -> RenderOutcome:
+    """Render `body` into `result_path` (atomically), on a local worker: the
+    PNG never crosses a pipe."""
+    outcome = render_png(body, sources, budget, model)
+    return outcome if outcome.png is None else store_png(outcome.png, result_path)
+
+
+def store_png(data: bytes, result_path: str) -> RenderOutcome:
+    """A rendered PNG written to `result_path`; a full disk is transient (the job waits)."""
+    from compositor.files import write_atomically
+
     try:
         write_atomically(Path(result_path), data)
     except OSError as exc:
