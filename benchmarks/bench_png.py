@@ -78,12 +78,14 @@ def ours(pixels: np.ndarray) -> bytes:
 
 
 def ours_one_core(pixels: np.ndarray) -> bytes:
-    saved = png._THREADS
-    png._THREADS = 1
+    from compositor.threads import limited, set_render_threads
+
+    saved = limited()
+    set_render_threads(1)
     try:
         return encode_png(pixels)
     finally:
-        png._THREADS = saved
+        set_render_threads(saved)
 
 
 def fpng_default(pixels: np.ndarray) -> bytes:

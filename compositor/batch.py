@@ -154,9 +154,13 @@ def render_item(body: Any, base_dir: str, source_map: SourceMap | None, model: s
     from compositor import CompositorError, RemovalOptions, RenderOptions, SourceError
     from compositor.encode import encode
     from compositor.engine import render_array
+    from compositor.heap import prepare_render_process
     from compositor.request import validate
     from compositor.sources import SourcePolicy
+    from compositor.threads import set_render_threads
 
+    prepare_render_process()  # once per worker process (a Dask worker's first task included)
+    set_render_threads(1)  # items run side by side, one a worker: threads inside one would fight the others
     started = time.perf_counter()
     report = validate(body)
     if not report.ok:

@@ -17,6 +17,7 @@ from compositor.raster import new_canvas, place, resize_visible, unpremultiply
 from compositor.removebg import RemovalOptions, remove_background
 from compositor.request import CompositeRequest, Layer, Limits, parse_request
 from compositor.sources import SourcePolicy, load_image
+from compositor.threads import render_threads
 from compositor.timings import StageTimings
 
 # Rows per strip: enough strips to keep both cores busy, each large enough
@@ -77,7 +78,7 @@ def render_array(
     # The foreground (the slower source, and removeBg's input) is prepared on
     # one while this thread decodes the template and hands its strips to the
     # other, so resizing starts before the last decode ends.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=render_threads(2)) as pool:
         foreground_job = pool.submit(_prepared_foreground, request, options, timings, budget)
         strips = _StripPlacer(pool, timings)
         if request.template is not None:
@@ -144,7 +145,7 @@ def _bands(
                     regions.append((resize_visible(image, strip), strip))
         return regions
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=render_threads(2)) as pool:
         tops = iter(range(0, height, STRIP_ROWS))
         pending = deque((top, pool.submit(resized, top)) for top in itertools.islice(tops, 1 + _BANDS_AHEAD))
         while pending:

@@ -26,7 +26,6 @@ segments' filtered rows, never a filtered copy of the canvas.
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from collections import deque
@@ -38,11 +37,11 @@ from typing import IO
 import numpy as np
 from isal import isal_zlib
 
+from compositor.threads import render_threads
 from compositor.timings import StageTimings
 
 ISAL_LEVEL = 2  # ISA-L's levels are 0 to 3; 2 is near zlib's 4 in size, at a tenth of its time
 SEGMENT_BYTES = 4 * 1024 * 1024  # of filtered rows per segment: enough to keep each core busy, few in memory
-_THREADS = max(1, min(4, os.cpu_count() or 1))
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _FILTER_NONE, _FILTER_UP = 0, 2
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, "fastest" (a hint only)
@@ -84,7 +83,8 @@ def write_png_bands(
     above: np.ndarray | None = None  # the last row handed out, which the next segment's first row is filtered against
     checksum = zlib.adler32(b"")
     written = 0
-    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="png") as pool:
+    threads = render_threads(4)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="png") as pool:
         pending: deque[Future[_Segment]] = deque()
         for band in bands:
             if band.dtype != np.uint8 or band.ndim != 3 or band.shape[1:] != (width, 4):
@@ -97,7 +97,7 @@ def write_png_bands(
                 # The row above is copied: a band's memory may be reused by its maker once handed over.
                 pending.append(pool.submit(_deflate_segment, segment, above, level, timings))
                 above = segment[-1].copy()
-                while len(pending) > _THREADS or (pending and pending[0].done()):
+                while len(pending) > threads or (pending and pending[0].done()):
                     checksum = _write_segment(sink, pending.popleft().result(), checksum)
         if written != height:
             raise ValueError(f"the bands hold {written} rows, not {height}")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageChops
 
+from compositor.threads import limited, render_threads
 from compositor.timings import StageTimings
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ class BackgroundRemover:
         self.providers = select_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fall-back is reported by us, once
+        if limited() is not None:  # a batch worker: one item, one core
+            options.intra_op_num_threads = render_threads()
+            options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(weights), sess_options=options, providers=self.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.active_providers: list[str] = self.session.get_providers()

@@ -42,8 +42,9 @@ def render_png(body: dict[str, Any], sources: SourcePolicy, budget: int | None, 
     from compositor import CompositorError, RemovalOptions, RenderOptions
     from compositor.encode import encode
     from compositor.engine import render_array
-    from compositor.heap import release_free_heap
+    from compositor.heap import prepare_render_process, release_free_heap
 
+    prepare_render_process()  # a no-op after a pool's initializer; a Dask worker's first task needs it
     options = RenderOptions(sources=sources, memory_budget=budget, removal=RemovalOptions(model=model))
     try:
         image = render_array(body, options=options)

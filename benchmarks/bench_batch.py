@@ -1,0 +1,205 @@
+"""`compositor batch` on the local pool and on Dask, measured in one run.
+
+Work: 200 bodies at 1024x1024 (the docs' example 3 scaled, photo-like
+sources) and 20 with removeBg (u2netp on a 2048x2560 foreground). Each is
+run, as a user would, with the CLI:
+
+- the local pool with 1 and with 2 workers (scaling on the 2 cores);
+- a Dask LocalCluster (2 worker processes, 1 thread each);
+- `dask scheduler` and two `dask worker` processes started from the CLI.
+
+Printed: items per second, the cluster's per-item overhead against the local
+pool (goal: under 10%), the 1-to-2-worker speed-up (goal: at least 1.7x),
+and the client's peak RSS for 10,000 tiny items (through GNU time). Writes
+benchmarks/results/batch.json and docs/bench-batch.png.
+
+    .venv/bin/python benchmarks/bench_batch.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_render  # noqa: E402
+
+TINY = {
+    "canvas_size": "4x4",
+    "color_code": "#336699",
+    "origin_img": "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==",
+    "modify_origin_img_size": "2x2",
+    "overlay_origin_x": 1,
+    "overlay_origin_y": 1,
+}
+
+
+def workloads(folder: Path) -> dict[str, Path]:
+    inputs = bench_render.make_inputs(REPO / "benchmarks" / "inputs")
+    base = bench_render.scaled_example_3(inputs, 1024)
+    renders = [{**base, "overlay_origin_x": base["overlay_origin_x"] + i % 40} for i in range(200)]
+    removal = [
+        {
+            "canvas_size": "1024x1024",
+            "color_code": "#aafbe3",
+            "origin_img": str(inputs["foreground"]),
+            "modify_origin_img_size": "800x1000",
+            "overlay_origin_x": i,
+            "overlay_origin_y": 12,
+            "removeBg": True,
+        }
+        for i in range(20)
+    ]
+    files = {}
+    for name, bodies in (("200 renders 1024", renders), ("20 removeBg", removal), ("10000 tiny", [TINY] * 10_000)):
+        path = folder / f"{name.replace(' ', '-')}.jsonl"
+        path.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+        files[name] = path
+    return files
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def local_cluster() -> Iterator[str]:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@contextlib.contextmanager
+def cli_cluster() -> Iterator[str]:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    processes = [
+        subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port)], **quiet),
+        subprocess.Popen([str(BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1"], **quiet),
+    ]
+    try:
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+def run_batch(source: Path, outdir: Path, *extra: str) -> float:
+    shutil.rmtree(outdir, ignore_errors=True)
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(BIN / "compositor"), "batch", str(source), "-o", str(outdir), *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"batch failed: {done.stderr[-500:]}")
+    return seconds
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["runs"])
+    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for axis, workload in zip(axes, ("200 renders 1024", "20 removeBg"), strict=True):
+        rates = [results["runs"][n][workload]["items_per_s"] for n in names]
+        axis.barh(names, rates, color="#4a7ab5")
+        axis.set_title(f"{workload}: items per second (2 cores)")
+        for y, rate in enumerate(rates):
+            axis.text(rate, y, f" {rate:.1f}", va="center")
+        axis.set_xlim(0, max(rates) * 1.25)
+    figure.tight_layout()
+    figure.savefig(REPO / "docs" / "bench-batch.png", dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "batch.json")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    files = workloads(work)
+    timed = ("200 renders 1024", "20 removeBg")
+    results: dict[str, Any] = {"cores": os.cpu_count(), "runs": {}}
+
+    def measure(name: str, *extra: str) -> None:
+        results["runs"][name] = {}
+        for workload in timed:
+            count = 200 if workload.startswith("200") else 20
+            run_batch(files[workload], work / "warm", *extra)  # warm: caches, the model in every worker
+            seconds = run_batch(files[workload], work / "out", *extra)
+            results["runs"][name][workload] = {"seconds": seconds, "items_per_s": count / seconds}
+
+    measure("local pool, 1 worker", "--workers", "1")
+    measure("local pool, 2 workers", "--workers", "2")
+    with local_cluster() as address:
+        measure("Dask LocalCluster, 2 workers", "--scheduler", address)
+    with cli_cluster() as address:
+        measure("dask scheduler + dask worker CLI, 2", "--scheduler", address)
+    tiny_kib = bench_render.run_process(
+        [str(BIN / "compositor"), "batch", str(files["10000 tiny"]), "-o", str(work / "tiny"), "--workers", "2"]
+    )
+    results["client_peak_mb_10000_items"] = tiny_kib / 1024
+
+    print(f"{os.cpu_count()} cores; each run warmed once, then timed; the CLI as a user runs it\n")
+    print(f"{'run':38} " + " ".join(f"{w:>22}" for w in timed))
+    for name, entry in results["runs"].items():
+        cells = " ".join(f"{entry[w]['items_per_s']:10.2f} items/s {entry[w]['seconds']:6.1f}s" for w in timed)
+        print(f"{name:38} {cells}")
+    runs = results["runs"]
+    local = runs["local pool, 2 workers"]
+    goals = []
+    for cluster in ("Dask LocalCluster, 2 workers", "dask scheduler + dask worker CLI, 2"):
+        for workload in timed:
+            overhead = runs[cluster][workload]["seconds"] / local[workload]["seconds"] - 1
+            goals.append((f"per-item overhead, {cluster}, {workload}", overhead, 0.10))
+    for workload in timed:
+        speedup = local[workload]["items_per_s"] / runs["local pool, 1 worker"][workload]["items_per_s"]
+        goals.append((f"speed-up 1 -> 2 workers, {workload} (at least)", speedup, 1.7))
+    results["goals"] = [{"measure": m, "value": v, "goal": g} for m, v, g in goals]
+    print(f"\nclient peak RSS, 10,000 tiny items: {results['client_peak_mb_10000_items']:.0f} MB\n")
+    for measure_name, value, goal in goals:
+        met = value >= goal if "at least" in measure_name else value <= goal
+        print(f"{measure_name:78} {value:7.3f}  goal {'>=' if 'at least' in measure_name else '<='} {goal}  "
+              f"{'met' if met else 'MISSED'}")  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    plot(results)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
