@@ -59,11 +59,12 @@ bench-setup: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagemagick time)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 
-# Speed against the peers, then a 5-minute soak of the mirror with faults (about 14 minutes on 2 cores): ratio tables on stdout,
+# Speed against the peers, then a 5-minute soak of the mirror with faults (about 25 minutes on 2 cores): ratio tables on stdout,
 # benchmarks/results/*.json, plots in docs/.
-bench: model bench-setup
-	$(BIN)/python benchmarks/bench_removebg.py --json benchmarks/results/removebg.json
+bench: models-all bench-setup
+	$(BIN)/python benchmarks/bench_removebg.py --json benchmarks/results/removebg.json --picture docs/removebg-models.png
 	$(BIN)/python benchmarks/bench_render.py
 	$(BIN)/python benchmarks/bench_png.py --json benchmarks/results/png.json
+	$(BIN)/python benchmarks/bench_batch.py --json benchmarks/results/batch.json
 	$(BIN)/python benchmarks/bench_server.py --json benchmarks/results/server.json
 	$(BIN)/python benchmarks/bench_soak.py --json benchmarks/results/soak.json
