@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,15 @@ pytestmark = pytest.mark.skipif(heap._glibc() is None, reason="glibc's malloc on
 
 
 def run_python(script: str, *args: str) -> str:
+    # glibc's own settings from the environment (a Dask nanny sets some) would change what is observed.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script), *args], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
     )
     return done.stdout + done.stderr
 
