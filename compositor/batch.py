@@ -57,7 +57,7 @@ class BatchSummary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
-    not_run: int = 0
+    not_run: int = 0  # items under way when the batch stopped
     stopped_by: str | None = None  # "interrupted", or why the executor stopped
 
     @property
@@ -218,9 +218,7 @@ class BatchRun:
             finally:
                 for future in in_flight:
                     future.cancel()
-                self.summary.not_run += len(in_flight)
-                if self.summary.stopped_by is not None:
-                    self.summary.not_run += sum(1 for _ in items)
+                self.summary.not_run += len(in_flight)  # the rest of the input is not read: a stop is at once
                 if self.progress is not None:
                     self.progress.close()
         return self.summary

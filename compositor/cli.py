@@ -614,6 +614,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _batch(args: argparse.Namespace) -> int:
+    try:
+        return _run_batch(args)
+    except KeyboardInterrupt:  # outside the run's own handling: counting the input, starting or stopping workers
+        print("compositor: interrupted; what was written stays whole (--resume carries on)", file=sys.stderr)
+        return 130
+
+
+def _run_batch(args: argparse.Namespace) -> int:
     from compositor.batch import BatchInputError, BatchRun, Progress, count_items, read_items
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
     from compositor.heap import prepare_render_process
@@ -664,9 +672,9 @@ def _batch(args: argparse.Namespace) -> int:
     report = args.output / "report.jsonl"
     line = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped; report in {report}"
     if summary.stopped_by == "interrupted":
-        line = f"interrupted: {line}; {summary.not_run} not run (--resume carries on)"
+        line = f"interrupted: {line}; {summary.not_run} under way were dropped (--resume carries on)"
     elif summary.stopped_by is not None:
-        line = f"stopped, {summary.stopped_by}: {line}; {summary.not_run} not run (--resume carries on)"
+        line = f"stopped, {summary.stopped_by}: {line}; {summary.not_run} under way were dropped (--resume carries on)"
     print(f"compositor: {line}", file=sys.stderr)
     return summary.exit_code
 
