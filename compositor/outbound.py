@@ -68,7 +68,8 @@ class OutboundPolicy:
         return f"could not be fetched (the connection failed, or no whole answer came within {self.deadline_s:g} s)"
 
 
-def _is_loopback_name(host: str) -> bool:
+def is_loopback_name(host: str) -> bool:
+    """Whether a host (a name or an address) is this machine's loopback, without a name look-up."""
     if host == "localhost":
         return True
     try:
@@ -96,7 +97,7 @@ async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, di
     if url.scheme not in ("http", "https") or not url.host:
         raise OutboundError("is not an http(s) URL with a host")
     port = url.port or (443 if url.scheme == "https" else 80)
-    if policy.local_only and not _is_loopback_name(url.host):
+    if policy.local_only and not is_loopback_name(url.host):
         raise DestinationRefused("is not on this machine, and nothing beyond it is reached here")
     lookup = functools.partial(socket.getaddrinfo, url.host, port, type=socket.SOCK_STREAM)
     try:

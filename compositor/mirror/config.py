@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.webhooks import RetryPolicy
 from compositor.models import model_names
+from compositor.outbound import is_loopback_name
 from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
 
 DEFAULT_PORT = 8080
@@ -68,15 +68,6 @@ def _flag(value: object) -> bool:
     raise ConfigError(f"expected true or false, got {value!r}")
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeConfig:
     environ = dict(os.environ) if environ is None else environ
     config_path = flags.get("config") or environ.get("COMPOSITOR_CONFIG")
@@ -99,7 +90,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     roots = roots or file.get("allow_file_roots", [])
     # Sources and webhooks on loopback or private addresses: only this machine
     # can call a loopback-bound server, so there they are its user's own.
-    allow_private = _flag(pick("allow_private_networks", "COMPOSITOR_ALLOW_PRIVATE_NETWORKS", is_loopback(host)))
+    allow_private = _flag(pick("allow_private_networks", "COMPOSITOR_ALLOW_PRIVATE_NETWORKS", is_loopback_name(host)))
     budget_mb = float(pick("memory_budget_mb", "COMPOSITOR_MEMORY_BUDGET_MB", 2048, float))
     if not math.isfinite(budget_mb) or budget_mb < 0:
         raise ConfigError(f"the memory budget must be a number of MB, 0 or more, not {budget_mb}")
@@ -133,7 +124,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     development = None
     development_is_new = False
     if not clients:
-        if not is_loopback(host):
+        if not is_loopback_name(host):
             raise ConfigError(f"refusing to serve {host} with no client configured: pass --client ID:SECRET")
         development, development_is_new = development_client(data_dir)
         clients = [development]
@@ -173,7 +164,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         allow_private=allow_private,
         page_hosts=page_hosts,
         source_map=source_map,
-        controls_open=is_loopback(host),
+        controls_open=is_loopback_name(host),
         model=model,
         scheduler=pick("scheduler", "COMPOSITOR_SCHEDULER", None) or None,
         admin_token=admin_token,
