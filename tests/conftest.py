@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,19 @@ PEER = REPO.parent / "shared" / "peer-fixtures" / "rembg"
 # The documented bodies name upstream's CDN; this maps those URLs to the stand-in images.
 SOURCE_MAP_FILE = FIXTURES / "source-map.json"
 SOURCE_MAP = load_source_map(SOURCE_MAP_FILE)
+
+
+@contextlib.contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on a free loopback port, on threads: its base URL
+    (no trailing slash), until the block ends."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def fixture_sources(base_dir: Path) -> SourcePolicy:

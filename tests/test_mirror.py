@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from compositor import RenderOptions, SourcePolicy, render
-from tests.conftest import FIXTURES, IMAGES
+from tests.conftest import FIXTURES, IMAGES, serving
 
 SUBMIT = "/api/open/v3/content/image/bg/replace"
 INFO = "/api/open/v3/content/image/infobymodelid"
@@ -363,11 +363,9 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    _Hook.receiver = Receiver(f"http://127.0.0.1:{httpd.server_address[1]}/hook")
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield _Hook.receiver
-    httpd.shutdown()
+    with serving(_Hook) as base:
+        _Hook.receiver = Receiver(f"{base}/hook")
+        yield _Hook.receiver
 
 
 def decrypt(data_encrypt: str, client_id: str, secret: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import IMAGES
+from tests.conftest import IMAGES, serving
 from tests.test_mirror import (
     CONFIG,
     INFO,
@@ -66,11 +66,9 @@ class _SlowSource(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def slow_source() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowSource)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     _SlowSource.delay = 3.0
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/slow.png"
-    httpd.shutdown()
+    with serving(_SlowSource) as base:
+        yield f"{base}/slow.png"
 
 
 def render_workers(server: Server, kind: str = "render") -> list[int]:

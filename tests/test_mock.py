@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 
 from compositor.testing import mock_background_change
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, serving
 from tests.test_controls import FOREGROUND, INFO, MOCK_KEY, SUBMIT, body
 
 UPSTREAM = "https://openapi.akool.com"
@@ -140,10 +140,8 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def local_server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
-    httpd.shutdown()
+    with serving(_Hello) as base:
+        yield f"{base}/"
 
 
 def test_loopback_calls_pass_through(local_server: str) -> None:
@@ -181,7 +179,6 @@ def test_overlapping_mocks_restore_the_clients_in_either_order(local_server: str
 
 
 def test_each_thread_is_answered_by_the_mock_it_opened() -> None:
-    import threading
 
     results: dict[int, tuple[int, int]] = {}
     ready = threading.Barrier(2)

@@ -3,7 +3,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from PIL import Image
 
 from compositor.errors import SourceError
 from compositor.sources import SourcePolicy, decode_image, load_image, read_source
-from tests.conftest import IMAGES, png_bytes
+from tests.conftest import IMAGES, png_bytes, serving
 
 UNLIMITED = SourcePolicy()
 
@@ -181,11 +180,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_base() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(_Handler) as base:
+        yield base
 
 
 def test_http_sources_are_fetched(http_base: str) -> None:
