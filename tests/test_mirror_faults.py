@@ -82,8 +82,14 @@ def render_workers(server: Server, kind: str = "render") -> list[int]:
     return found
 
 
-def kill_workers(server: Server) -> int:
+def kill_workers(server: Server, expected: int = 2, timeout: float = 30.0) -> int:
+    """Kill the server's render workers, once all `expected` have started: they are spawned interpreters,
+    named only after their imports, which on a loaded machine can outlast the job's move to processing."""
+    deadline = time.monotonic() + timeout
     pids = render_workers(server)
+    while len(pids) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = render_workers(server)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
