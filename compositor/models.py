@@ -10,6 +10,7 @@ except `verified_path`, which never touches the network.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -84,12 +85,14 @@ def load_manifest() -> dict[str, ModelSpec]:
     return specs
 
 
-def model_names() -> list[str]:
-    """The known models' names; u2netp alone when the manifest is missing (a render without removeBg needs none)."""
+@functools.cache
+def model_names() -> tuple[str, ...]:
+    """The known models' names; u2netp alone when the manifest is missing (a render without removeBg needs none).
+    Read once a process: the CLI's parser asks for them three times at every start."""
     try:
-        return sorted(load_manifest())
+        return tuple(sorted(load_manifest()))
     except ModelUnavailableError:
-        return ["u2netp"]
+        return ("u2netp",)
 
 
 def default_model_name() -> str:
