@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from compositor import text
 from compositor.errors import SourceError
 
 
@@ -62,5 +63,8 @@ def load_source_map(path: Path) -> SourceMap:
         raise SourceMapError(f"the source map {path} is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise SourceMapError(f"the source map {path} must be a JSON object from URLs to local paths")
+    bad_text = text.unencodable_field(raw)
+    if bad_text is not None:
+        raise SourceMapError(f"the source map {path}: {bad_text}: {text.MESSAGE}")
     base = path.resolve().parent
     return SourceMap.from_entries({url: (base / local).resolve() for url, local in raw.items()})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compositor import text
 from compositor.budget import MB
 from compositor.mirror.controls import ControlInputError, load_scenario
 from compositor.mirror.models import Client
@@ -70,8 +71,9 @@ def _flag(value: object) -> bool:
 
 def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeConfig:
     environ = dict(os.environ) if environ is None else environ
+    _refuse_invalid_text(flags, environ)
     config_path = flags.get("config") or environ.get("COMPOSITOR_CONFIG")
-    file: dict[str, Any] = tomllib.loads(Path(config_path).read_text()) if config_path else {}
+    file = _read_config_file(Path(config_path)) if config_path else {}
 
     def pick(name: str, env: str, default: Any, convert: Any = str) -> Any:
         if flags.get(name) is not None:
@@ -179,6 +181,33 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         ),
     )
     return ServeConfig(host, port, settings, development, development_is_new)
+
+
+def _refuse_invalid_text(flags: dict[str, Any], environ: dict[str, str]) -> None:
+    """Flags and COMPOSITOR_* variables are text from the command line and the
+    environment, where bytes that are not UTF-8 arrive as lone surrogates
+    (`text.py`): refused here, at the start, naming the flag or the variable."""
+    for name, value in flags.items():
+        bad = text.unencodable_field(value, f"--{name.replace('_', '-')}")
+        if bad is not None:
+            raise ConfigError(f"{bad}: {text.MESSAGE}")
+    for name, value in environ.items():
+        if name.startswith("COMPOSITOR_") and not text.is_valid_text(value):
+            raise ConfigError(f"{text.printable(name)}: {text.MESSAGE}")
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """A TOML config file; ConfigError in one line for a file that cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the config file {path} is not UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"the config file {path} is nested too deeply") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"the config file {path} is not valid TOML ({exc})") from None
 
 
 def development_client(data_dir: Path) -> tuple[Client, bool]:

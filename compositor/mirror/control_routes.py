@@ -20,8 +20,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from compositor.mirror.controls import ControlInputError
-from compositor.mirror.middleware import read_json
+from compositor import text
+from compositor.mirror.controls import MAX_REASON_CHARS, ControlInputError
+from compositor.mirror.middleware import InvalidTextBody, read_json
 from compositor.mirror.models import ApiError
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem
 from compositor.mirror.service import Mirror
@@ -41,6 +42,8 @@ async def _body(request: Request, *, empty: object = None) -> object:
     """The JSON body; `empty` for none at all (None: a body is needed)."""
     try:
         body = await read_json(request)
+    except InvalidTextBody as exc:
+        raise ControlInputError(exc.field, text.MESSAGE) from None
     except ApiError as exc:
         raise ControlInputError("body", exc.message.removeprefix("body: ")) from None
     if body is None:
@@ -116,8 +119,8 @@ def add_controls(app: FastAPI, mirror: Mirror) -> None:
             field = unknown[0] if unknown else "body"
             raise ControlInputError(field, "is not a field of a failure (known: reason)")
         reason = body.get("reason")
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
-            raise ControlInputError("reason", "must be a non-empty string of at most 1000 characters")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+            raise ControlInputError("reason", f"must be a non-empty string of at most {MAX_REASON_CHARS} characters")
         job_id = request.path_params["job_id"]
         try:
             job = await run_in_threadpool(mirror.fail_job, job_id, reason)

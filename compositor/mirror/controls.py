@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compositor import text
 from compositor.errors import ApiCode
 
 API_OPERATIONS = ("replace", "info", "getToken")
@@ -35,6 +36,12 @@ FAULT_CODES = {
 FAULT_HTTP_STATUSES = (429, 500, 502, 503)
 MAX_LATENCY_MS = 600_000  # ten minutes: longer is a hang, and a test should say so with `drop`
 JOURNAL_SIZE = 1000
+# Bounds on what the controls hold, so that no caller can grow the server without end: every rule is
+# matched on every API call, and each keeps its own seeded generator (a few KB).
+MAX_FAULT_RULES = 1000
+MAX_CLIENT_ID_CHARS = 256
+MAX_REASON_CHARS = 1000
+MAX_SCENARIO_BYTES = 1024 * 1024
 
 
 class ControlInputError(ValueError):
@@ -70,8 +77,13 @@ def _flag(raw: dict[str, Any], name: str) -> bool:
 
 
 def _unknown_fields(raw: object, known: tuple[str, ...], what: str) -> dict[str, Any]:
+    """`raw` as a dict of known fields whose text is all valid Unicode: every
+    control input (HTTP, the mock, a scenario file) passes here first."""
     if not isinstance(raw, dict):
         raise ControlInputError("body", f"must be a JSON object ({what})")
+    bad_text = text.unencodable_field(raw)
+    if bad_text is not None:
+        raise ControlInputError(bad_text, text.MESSAGE)
     for name in raw:
         if name not in known:
             raise ControlInputError(str(name), f"is not a field of {what} (known: {', '.join(known)})")
@@ -148,8 +160,10 @@ def parse_fault(raw: object, rule_id: str) -> FaultRule:
     if operation not in OPERATIONS:
         raise ControlInputError("operation", f"must be one of {', '.join(OPERATIONS)}")
     client_id = raw.get("client_id")
-    if client_id is not None and (not isinstance(client_id, str) or not client_id):
-        raise ControlInputError("client_id", "must be a non-empty string")
+    if client_id is not None and (
+        not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID_CHARS
+    ):
+        raise ControlInputError("client_id", f"must be a non-empty string of at most {MAX_CLIENT_ID_CHARS} characters")
     code = _number(raw, "code", 0, 10_000, integer=True)
     if code is not None and code not in FAULT_CODES:
         raise ControlInputError("code", f"must be one of {', '.join(str(int(c)) for c in FAULT_CODES)}")
@@ -198,6 +212,10 @@ class Faults:
     def add(self, raw: object) -> FaultRule:
         with self._lock:
             rule = parse_fault(raw, f"fault-{self._next_id}")
+            if len(self._rules) >= MAX_FAULT_RULES:
+                raise ControlInputError(
+                    "faults", f"there are {MAX_FAULT_RULES} rules already, the most a mirror holds: remove some first"
+                )
             self._next_id += 1
             self._rules.append(rule)
             return rule
@@ -259,8 +277,10 @@ def parse_policy(raw: object) -> tuple[JobPolicy, int | None]:
     queueing = _number(raw, "queueing_polls", 0, 10_000, integer=True) or 0
     processing = _number(raw, "processing_polls", 0, 10_000, integer=True) or 0
     fail = raw.get("fail")
-    if fail is not None and (not isinstance(fail, str) or not fail.strip() or len(fail) > 1000):
-        raise ControlInputError("fail", "must be a reason: a non-empty string of at most 1000 characters, or null")
+    if fail is not None and (not isinstance(fail, str) or not fail.strip() or len(fail) > MAX_REASON_CHARS):
+        raise ControlInputError(
+            "fail", f"must be a reason: a non-empty string of at most {MAX_REASON_CHARS} characters, or null"
+        )
     times = _number(raw, "times", 1, 2**31, integer=True)
     return JobPolicy(queueing, processing, fail), times
 
@@ -377,17 +397,25 @@ def load_scenario(path: Path) -> Scenario:
     table (a job policy). Every rule is checked here, so a bad file stops the
     start with one line naming the table and the field."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            data = file.read(MAX_SCENARIO_BYTES + 1)
+        if len(data) > MAX_SCENARIO_BYTES:
+            raise ControlInputError(str(path), f"is larger than {MAX_SCENARIO_BYTES} bytes, the most a scenario holds")
+        raw = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise ControlInputError(str(path), f"cannot be read ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ControlInputError(str(path), f"is not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ControlInputError(str(path), "is nested too deeply to be a scenario") from None
     for name in raw:
         if name not in ("faults", "policy"):
             raise ControlInputError(f"{path}: {name}", "is not a table of a scenario (known: faults, policy)")
     faults = raw.get("faults", [])
     if not isinstance(faults, list):
         raise ControlInputError(f"{path}: faults", "must be [[faults]] tables")
+    if len(faults) > MAX_FAULT_RULES:
+        raise ControlInputError(f"{path}: faults", f"has {len(faults)} rules; a mirror holds at most {MAX_FAULT_RULES}")
     for index, rule in enumerate(faults):
         try:
             parse_fault(rule, "check")

@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from compositor import text
 from compositor.errors import ApiCode
 from compositor.mirror.controls import Journal
 from compositor.mirror.models import ApiError
@@ -34,19 +35,34 @@ Send = Callable[[dict[str, Any]], Any]
 App = Callable[[Scope, Receive, Send], Any]
 
 
+class InvalidTextBody(ApiError):
+    """A JSON body with a string that is not valid Unicode (`text.py`): a 1003 naming where it is."""
+
+    def __init__(self, field: str) -> None:
+        self.field = field
+        super().__init__(ApiCode.PARAMETER_ERROR, f"{field}: {text.MESSAGE}")
+
+
 async def read_json(request: Request) -> object:
     """The request's JSON body (None when empty). Anything that is not JSON,
     or that Python will not hold (integers over 4,300 digits, nesting deeper
-    than the interpreter's stack), is a 1003 on `body`."""
+    than the interpreter's stack), is a 1003 on `body`; a string in it that is
+    not valid Unicode (the escape of a lone surrogate) is a 1003 naming its
+    field. This is the one door of every JSON body: the API's, the page's and
+    the control plane's."""
     raw = await request.body()
     try:
-        return json.loads(raw) if raw else None
+        parsed = json.loads(raw) if raw else None
     except UnicodeDecodeError:
         raise ApiError(ApiCode.PARAMETER_ERROR, "body: is not UTF-8 text") from None
     except RecursionError:
         raise ApiError(ApiCode.PARAMETER_ERROR, "body: is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and int()'s digit limit
         raise ApiError(ApiCode.PARAMETER_ERROR, f"body: is not valid JSON: {str(exc)[:200]}") from None
+    field = text.unencodable_field(parsed)
+    if field is not None:
+        raise InvalidTextBody(field)
+    return parsed
 
 
 class BodyTooLarge(Exception):
