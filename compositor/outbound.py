@@ -11,7 +11,10 @@ Three rules hold for every one of them, whatever the peer does:
   private address in after the check.
 
 Every network failure gets the same words, so the answers cannot be used to
-map which ports of a host are open.
+map which ports of a host are open. Whether an exchange went to a loopback,
+private or link-local address (at any hop) is told to the caller, in
+`Download.private` and `OutboundError.private`, so that a server can give
+every failure there the same words too (see `SourcePolicy.private_causes`).
 """
 
 from __future__ import annotations
@@ -37,15 +40,35 @@ _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflat
 
 
 class OutboundError(Exception):
-    """The peer could not be used; `reason` is safe to show to whoever named the URL."""
+    """The peer could not be used; `reason` is safe to show to whoever named
+    the URL. `private`: a hop of the exchange went to a loopback, private or
+    link-local address (`reason` may then tell that network's ports apart)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, private: bool = False) -> None:
         self.reason = reason
+        self.private = private
         super().__init__(reason)
+
+
+class Unreachable(OutboundError):
+    """The generic failure: no name, no connection, or no whole answer within the deadline."""
 
 
 class DestinationRefused(OutboundError):
     """The URL names an address this policy does not reach."""
+
+
+@dataclass
+class _Route:
+    """What an exchange has met so far, whatever becomes of it."""
+
+    private: bool = False
+
+
+@dataclass(frozen=True)
+class Download:
+    data: bytes
+    private: bool = False  # a hop (redirects included) went to a loopback, private or link-local address
 
 
 class TooLarge(OutboundError):
@@ -91,9 +114,12 @@ def is_refused_address(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
-async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
+async def _pinned(
+    url: httpx.URL, policy: OutboundPolicy, route: _Route
+) -> tuple[httpx.URL, dict[str, str], dict[str, Any]]:
     """The URL rewritten to the one address it will use, with the headers and
-    extensions that keep the name for the Host header and TLS."""
+    extensions that keep the name for the Host header and TLS. `route` learns
+    whether that address is a loopback, private or link-local one."""
     if url.scheme not in ("http", "https") or not url.host:
         raise OutboundError("is not an http(s) URL with a host")
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -103,12 +129,14 @@ async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, di
     try:
         infos = await asyncio.get_running_loop().run_in_executor(_RESOLVER, lookup)
     except (OSError, UnicodeError):
-        raise OutboundError(policy.failure) from None
+        raise Unreachable(policy.failure) from None
     addresses = [str(info[4][0]) for info in infos]
     if not addresses:
-        raise OutboundError(policy.failure)
-    if not policy.allow_private and any(is_refused_address(a) for a in addresses):
+        raise Unreachable(policy.failure)
+    private = any(is_refused_address(a) for a in addresses)
+    if private and not policy.allow_private:
         raise DestinationRefused("names a loopback, private or link-local address, which this server does not reach")
+    route.private = route.private or private  # where it goes, not where it was refused
     host_header = url.host if url.port is None else f"{url.host}:{url.port}"
     if ":" in url.host:
         host_header = f"[{url.host}]" if url.port is None else f"[{url.host}]:{url.port}"
@@ -117,13 +145,21 @@ async def _pinned(url: httpx.URL, policy: OutboundPolicy) -> tuple[httpx.URL, di
 
 
 async def _send(
-    client: httpx.AsyncClient, method: str, url: str, policy: OutboundPolicy, *, follow: bool, **kwargs: Any
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    policy: OutboundPolicy,
+    *,
+    follow: bool,
+    route: _Route | None = None,
+    **kwargs: Any,
 ) -> httpx.Response:
     """The response, streaming, its headers read."""
     target = httpx.URL(url)
     extra_headers = kwargs.pop("headers", {})
+    route = _Route() if route is None else route
     for _ in range(policy.max_redirects + 1):
-        pinned, headers, extensions = await _pinned(target, policy)
+        pinned, headers, extensions = await _pinned(target, policy, route)
         request = client.build_request(
             method, pinned, headers={**extra_headers, **headers}, extensions=extensions, **kwargs
         )
@@ -178,9 +214,11 @@ def new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=None, trust_env=False, follow_redirects=False)
 
 
-async def _get(url: str, policy: OutboundPolicy) -> bytes:
+async def _get(url: str, policy: OutboundPolicy, route: _Route) -> bytes:
     async with new_client() as client:
-        response = await _send(client, "GET", url, policy, follow=True, headers={"accept-encoding": "gzip, deflate"})
+        response = await _send(
+            client, "GET", url, policy, follow=True, route=route, headers={"accept-encoding": "gzip, deflate"}
+        )
         try:
             if response.status_code != 200:
                 raise OutboundError(f"could not be fetched: HTTP {response.status_code}")
@@ -194,17 +232,25 @@ async def _get(url: str, policy: OutboundPolicy) -> bytes:
 
 def get_bytes(url: str, policy: OutboundPolicy) -> bytes:
     """The body of a GET, decompressed, under the policy's deadline and cap."""
+    return fetch(url, policy).data
+
+
+def fetch(url: str, policy: OutboundPolicy) -> Download:
+    """`get_bytes`, saying too whether the answer (or, in the OutboundError,
+    the failure) came from a loopback, private or link-local address."""
+    route = _Route()
 
     async def bounded() -> bytes:
         async with asyncio.timeout(policy.deadline_s):
-            return await _get(url, policy)
+            return await _get(url, policy, route)
 
     try:
-        return _run_to_end(bounded)
-    except OutboundError:
+        return Download(_run_to_end(bounded), route.private)
+    except OutboundError as exc:
+        exc.private = exc.private or route.private
         raise
     except Exception:  # timeouts, transport errors, and what a malformed URL makes httpx raise
-        raise OutboundError(policy.failure) from None
+        raise Unreachable(policy.failure, private=route.private) from None
 
 
 def _run_to_end(make: Callable[[], Coroutine[Any, Any, bytes]]) -> bytes:
@@ -230,4 +276,4 @@ async def post_json(client: httpx.AsyncClient, url: str, payload: Any, policy: O
     except OutboundError:
         raise
     except Exception:  # timeouts, transport errors, and what a malformed URL makes httpx raise
-        raise OutboundError(policy.failure) from None
+        raise Unreachable(policy.failure) from None

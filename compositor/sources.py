@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compositor.budget import MemoryBudget
-from compositor.errors import SourceError
+from compositor.errors import CompositorError, SourceError
 from compositor.sourcemap import SourceMap
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # JPEG covers MPO (camera JPEGs)
@@ -48,6 +48,21 @@ class SourcePolicy:
     allow_private: bool = True  # http(s) to loopback, private and link-local addresses
     source_map: SourceMap | None = None  # URLs read from local files instead (never fetched)
     local_only: bool = False  # http(s) to this machine only (the mock: nothing leaves it)
+    # Whether an http(s) source on a loopback, private or link-local address
+    # (at any redirect) that fails says why ("HTTP 404", "is not an image", ...),
+    # or gets the one reason that a closed port gets. None: only where
+    # `file_roots` is None (the user's own machine); a server's callers must not
+    # learn which ports of its network answer, and with what.
+    private_causes: bool | None = None
+
+    @property
+    def tells_private_causes(self) -> bool:
+        return self.file_roots is None if self.private_causes is None else self.private_causes
+
+    @property
+    def unreachable(self) -> str:
+        """The reason of every http(s) source that cannot be had without saying why."""
+        return f"could not be fetched (the connection failed, or no whole answer came within {self.deadline_s:g} s)"
 
 
 def check_source_reference(ref: str) -> str | None:
@@ -75,25 +90,37 @@ def check_source_reference(ref: str) -> str | None:
 
 def read_source(ref: str, field: str, policy: SourcePolicy) -> bytes:
     """The raw bytes of a source, within the policy's limits."""
+    return _read(ref, field, policy)[0]
+
+
+def _read(ref: str, field: str, policy: SourcePolicy) -> tuple[bytes, bool]:
+    """`read_source`, and whether what it read must fail without saying why
+    (it came from a private address, under a policy that does not tell)."""
     if policy.source_map is not None:
         mapped = policy.source_map.resolve(ref, field)
         if mapped is not None:  # the map's own choice of file: no roots apply
-            return _read_file(mapped, field, replace(policy, file_roots=None, base_dir=None))
+            return _read_file(mapped, field, replace(policy, file_roots=None, base_dir=None)), False
     problem = check_source_reference(ref)
     if problem is not None:
         raise SourceError(field, problem)
     if ref.startswith("data:"):
-        return _read_data_uri(ref, field, policy)
+        return _read_data_uri(ref, field, policy), False
     scheme = _SCHEME.match(ref)
     name = scheme.group(1).lower() if scheme and len(scheme.group(1)) > 1 else None
     if name in ("http", "https"):
         return _read_http(ref, field, policy)
     path = Path(unquote(urlsplit(ref).path)) if name == "file" else Path(ref)
-    return _read_file(path, field, policy)
+    return _read_file(path, field, policy), False
 
 
 def load_image(ref: str, field: str, policy: SourcePolicy, budget: MemoryBudget | None = None) -> Image.Image:
-    return decode_image(read_source(ref, field, policy), field, max_pixels=policy.max_pixels, budget=budget)
+    data, hidden = _read(ref, field, policy)
+    try:
+        return decode_image(data, field, max_pixels=policy.max_pixels, budget=budget)
+    except CompositorError:  # not an image, a bomb, over the budget: from a private address, all one reason
+        if hidden:
+            raise SourceError(field, policy.unreachable) from None
+        raise
 
 
 def decode_image(data: bytes, field: str, *, max_pixels: int, budget: MemoryBudget | None = None) -> Image.Image:
@@ -233,21 +260,30 @@ def _read_file(path: Path, field: str, policy: SourcePolicy) -> bytes:
     return data
 
 
-def _read_http(url: str, field: str, policy: SourcePolicy) -> bytes:
+def _read_http(url: str, field: str, policy: SourcePolicy) -> tuple[bytes, bool]:
+    """The body, and whether it must fail without saying why (see `_read`).
+    A failure after any hop to a private address is `policy.unreachable`,
+    whatever the cause, where the policy does not tell: else a 404, a reset
+    and a closed port would map a server's own network. A private address
+    refused before any connection keeps its own reason."""
     if not policy.allow_http:
         raise SourceError(field, "is an http(s) URL, which this service does not fetch")
-    from compositor.outbound import OutboundError, OutboundPolicy, get_bytes  # local files must not pay for httpx
+    # Local files must not pay for httpx.
+    from compositor.outbound import OutboundError, OutboundPolicy, Unreachable, fetch
 
+    network = OutboundPolicy(
+        deadline_s=policy.deadline_s,
+        max_bytes=policy.max_bytes,
+        allow_private=policy.allow_private,
+        local_only=policy.local_only,
+    )
     try:
-        network = OutboundPolicy(
-            deadline_s=policy.deadline_s,
-            max_bytes=policy.max_bytes,
-            allow_private=policy.allow_private,
-            local_only=policy.local_only,
-        )
-        return get_bytes(url, network)
+        download = fetch(url, network)
     except OutboundError as exc:
-        raise SourceError(field, exc.reason) from None
+        # A refused destination is the URL's own fault, unless a private address redirected there.
+        hidden = isinstance(exc, Unreachable) or (exc.private and not policy.tells_private_causes)
+        raise SourceError(field, policy.unreachable if hidden else exc.reason) from None
+    return download.data, download.private and not policy.tells_private_causes
 
 
 def sniff_type(data: bytes) -> str:

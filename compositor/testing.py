@@ -10,11 +10,14 @@ moto's `mock_aws` is for AWS):
 
 Inside, calls with `requests` or `httpx` to upstream's hosts (and to the
 result URLs it hands out) are answered by the mirror's own app and back end,
-over no socket: `responses` intercepts `requests`, `respx` intercepts
-`httpx`, and each turns the call into a request on the app through
-Starlette's in-process client. Calls to loopback addresses pass through
-(a local webhook receiver, a local file server); every other host is
-refused, so nothing leaves the machine.
+over no socket: an adapter of ours, chosen in `requests.Session.get_adapter`,
+answers `requests`, `respx` intercepts `httpx`, and each turns the call into
+a request on the app through Starlette's in-process client. Calls to loopback
+addresses pass through (a local webhook receiver, a local file server); every
+other host is refused, so nothing leaves the machine. While the test's own
+`responses` mock (which patches `HTTPAdapter.send`) is open too, it gets
+every `requests` call but upstream's, as it would without ours; ours patches
+nothing that `responses` patches, so the two start and stop in any order.
 
 The back end is the server's (`Mirror`), run `inline`: no worker processes,
 and a job renders in the thread of the info poll that releases it, so a
@@ -24,7 +27,9 @@ job finishes on its first poll unless a job policy holds it.
 from __future__ import annotations
 
 import functools
+import http.client
 import inspect
+import io
 import re
 import shutil
 import tempfile
@@ -47,7 +52,6 @@ _ANSWERED_HOSTS = (*UPSTREAM_HOSTS, urlsplit(RESULTS_BASE_URL).hostname or "")
 _ANSWERED = re.compile(r"https?://(?:" + "|".join(re.escape(h) for h in _ANSWERED_HOSTS) + r")(?::\d+)?(?:[/?#].*)?$")
 _LOOPBACK_HOST = r"localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[?::1\]?"
 _LOOPBACK = re.compile(rf"https?://(?:{_LOOPBACK_HOST})(?::\d+)?(?:[/?#].*)?$")
-_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 # What an HTTP client must not pass on to the app: it is about the connection, not the request.
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 
@@ -207,8 +211,9 @@ class _InProcessClient:
 class _Interception:
     """The patches of `requests` and `httpx`, one set for the whole process
     however many mocks are open: installed when the first starts, removed
-    when the last stops, in whatever order they stop. A call goes to the
-    newest mock opened by the calling thread, else to the newest open."""
+    when the last stops, in whatever order they stop (also among a test's
+    own `responses` or `respx` mocks). A call goes to the newest mock opened
+    by the calling thread, else to the newest open."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -241,15 +246,11 @@ class _Interception:
             return (mine or self._open)[-1]
 
     def _install(self) -> None:
-        import responses
         import respx
 
-        requests_mock = responses.RequestsMock(assert_all_requests_are_fired=False)
-        requests_mock.add_passthru(_LOOPBACK)
-        for method in _METHODS:
-            requests_mock.add_callback(method, _ANSWERED, callback=self._answer_requests, content_type=None)
-        requests_mock.start()
-        self._patches.append(requests_mock)
+        requests_patch = _RequestsPatch(self)
+        requests_patch.start()
+        self._patches.append(requests_patch)
         httpx_mock = respx.MockRouter(assert_all_mocked=True, assert_all_called=False)
         httpx_mock.route(url__regex=_ANSWERED.pattern).mock(side_effect=self._answer_httpx)
         httpx_mock.route(url__regex=_LOOPBACK.pattern).pass_through()
@@ -260,11 +261,136 @@ class _Interception:
     def _answer_requests(self, request: Any) -> tuple[int, dict[str, str], bytes]:
         return self.current()._answer_requests(request)
 
+    def is_open(self) -> bool:
+        with self._lock:
+            return bool(self._open)
+
     def _answer_httpx(self, request: httpx.Request) -> httpx.Response:
         return self.current()._answer_httpx(request)
 
 
 _INTERCEPTION = _Interception()
+
+
+class _RequestsPatch:
+    """`requests.Session.get_adapter`, wrapped: where requests' own network
+    adapter would be chosen, upstream's URLs get one that the open mock
+    answers and other hosts one that refuses; loopback, and everything under a
+    test's own `responses` mock, keep the adapter chosen. Not
+    `HTTPAdapter.send`, which `responses` patches: two `mock.patch`es of one
+    attribute, stopped out of order, put back each other's patch (ours after
+    theirs stopped, theirs after ours), and a patch that the other's stop
+    overwrote no longer answers while it is open."""
+
+    def __init__(self, interception: _Interception) -> None:
+        self._interception = interception
+        self._real: Any = None
+        self._hook: Any = None
+
+    def start(self) -> None:
+        import requests
+
+        self._real = requests.Session.__dict__["get_adapter"]
+        real, patch = self._real, self
+
+        def get_adapter(session: requests.Session, url: str) -> Any:
+            return patch.adapter_for(session, url, real)
+
+        self._hook = get_adapter
+        requests.Session.get_adapter = get_adapter  # type: ignore[method-assign,assignment]
+
+    def adapter_for(self, session: Any, url: str, real: Callable[[Any, str], Any]) -> Any:
+        import requests
+
+        chosen = real(session, url)
+        # Stopped (and put back by a patch of someone else's), or a transport of the test's own: not ours to take.
+        if not self._interception.is_open() or not isinstance(chosen, requests.adapters.HTTPAdapter):
+            return chosen
+        if _ANSWERED.match(url):
+            return _AnsweringAdapter(self._interception, chosen)
+        if _LOOPBACK.match(url) or _is_mocked(requests.adapters.HTTPAdapter.__dict__.get("send")):
+            return chosen
+        return _REFUSING
+
+    def stop(self) -> None:
+        import requests
+
+        if requests.Session.__dict__.get("get_adapter") is self._hook:
+            requests.Session.get_adapter = self._real  # type: ignore[method-assign]
+        # Else whoever patched it since puts our hook back as they stop: it passes every call on while no mock is open.
+
+
+def _is_mocked(send: Any) -> bool:
+    """Whether `HTTPAdapter.send` is somebody's mock (`responses`'s), not requests' own network."""
+    return not (getattr(send, "__module__", None) == "requests.adapters" and send.__qualname__ == "HTTPAdapter.send")
+
+
+class _AnsweringAdapter:
+    """In place of `adapter` for one call: the open mock answers, and the
+    response is built, and retried on a status its `max_retries` names, as
+    `responses` does it (without the waits)."""
+
+    def __init__(self, interception: _Interception, adapter: Any) -> None:
+        self._interception = interception
+        self._adapter = adapter
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        import requests
+        from urllib3.exceptions import MaxRetryError
+
+        retries = self._adapter.max_retries
+        while True:
+            response = self._adapter.build_response(request, self._answer(request))
+            if not retries.is_retry(
+                method=request.method,
+                status_code=response.status_code,
+                has_retry_after="Retry-After" in response.headers,
+            ):
+                return response
+            try:
+                retries = retries.increment(method=request.method, url=response.url, response=response.raw)
+            except MaxRetryError as exc:
+                if retries.raise_on_status:
+                    raise requests.exceptions.RetryError(exc, request=request) from None
+                return response
+
+    def _answer(self, request: Any) -> Any:
+        from urllib3 import HTTPHeaderDict, HTTPResponse
+
+        status, answered, content = self._interception._answer_requests(request)
+        headers = HTTPHeaderDict(answered)
+        # The original response's headers: what requests reads Set-Cookie from.
+        original = HTTPResponse(body=io.BytesIO(), msg=headers, preload_content=False)  # type: ignore[arg-type]
+        return HTTPResponse(
+            body=io.BytesIO(content),
+            headers=headers,
+            status=status,
+            reason=http.client.responses.get(status),
+            original_response=original,  # type: ignore[arg-type]
+            preload_content=False,
+            request_method=request.method,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class _RefusingAdapter:
+    """What a host that is neither upstream's nor loopback gets: a refused connection."""
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        import requests
+
+        host = urlsplit(request.url).hostname
+        raise requests.ConnectionError(
+            f"compositor's mock lets nothing leave this machine: {host} is not upstream's or loopback", request=request
+        )
+
+    def close(self) -> None:
+        pass
+
+
+_REFUSING = _RefusingAdapter()
 
 
 def _refuse_httpx(request: httpx.Request) -> httpx.Response:

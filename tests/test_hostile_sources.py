@@ -5,11 +5,13 @@ ends in a SourceError that names the field, within its deadline and cap."""
 from __future__ import annotations
 
 import gzip
+import http.server
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from PIL import Image
 
 from compositor import SourceError, SourcePolicy
 from compositor.sources import decode_image, load_image, read_source
-from tests.conftest import png_bytes
+from tests.conftest import png_bytes, serving
 
 
 class RawServer:
@@ -240,3 +242,97 @@ def test_a_name_lookup_that_hangs_is_cut_off_at_the_deadline(monkeypatch: pytest
     with pytest.raises(SourceError, match="could not be fetched"):
         read_source("http://slow-dns.example/a.png", "origin_img", SourcePolicy(deadline_s=1.0))
     assert time.monotonic() - started < 2.0
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """/missing: 404; /broken: 500; /text: 200 with a body that is no image; /moved: a redirect to ?to=."""
+
+    def do_GET(self) -> None:
+        path, _, query = self.path.partition("?")
+        if path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", query.removeprefix("to="))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        status, payload = {"/text": (200, b"not an image")}.get(path, (500 if path == "/broken" else 404, b"no"))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _closed_port_url(host: str = "127.0.0.1") -> str:
+    closed = socket.create_server((host, 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    return f"http://{host}:{port}/a.png"
+
+
+def _server_policy(tmp_path: Path, deadline_s: float = 30.0) -> SourcePolicy:
+    """The sources policy the mirror's jobs read with (its defaults, as on a loopback server)."""
+    from compositor.mirror.service import MirrorSettings
+
+    return MirrorSettings(data_dir=tmp_path, clients=(), source_deadline_s=deadline_s).sources
+
+
+def _reason(url: str, policy: SourcePolicy) -> str:
+    with pytest.raises(SourceError) as caught:
+        load_image(url, "origin_img", policy)
+    return str(caught.value)
+
+
+def test_a_server_gives_one_reason_for_every_loopback_source_that_fails(raw_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Else a caller could map which of the mirror's own ports answer HTTP, and with what.
+    policy = _server_policy(tmp_path, deadline_s=1.0)
+    twice = raw_server([(answer(b"x", "Content-Encoding: gzip, gzip"), 0.0)])
+    silent = raw_server([(b"", 5.0)])
+    with serving(_Answers) as base:
+        urls = [
+            _closed_port_url(),
+            f"{base}/missing.png",
+            f"{base}/broken.png",
+            f"{base}/text",
+            f"{base}/moved?to={base}/missing.png",
+            twice.url,
+            silent.url,
+        ]
+        reasons = {url: _reason(url, policy) for url in urls}
+        # The mock's policy: a loopback answer that redirects beyond this machine is one more cause.
+        beyond = _reason(f"{base}/moved?to=http://example.com/a.png", replace(policy, local_only=True))
+    assert len({*reasons.values(), beyond}) == 1, (reasons, beyond)
+    assert beyond.startswith("origin_img: could not be fetched")
+    # Refused before any connection, whatever listens there: that keeps its own words.
+    refused = _reason(_closed_port_url(), replace(policy, allow_private=False))
+    assert "names a loopback, private or link-local address" in refused
+
+
+def test_a_public_source_keeps_its_specific_reason_unless_it_redirects_to_a_private_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import compositor.outbound as outbound
+
+    # 127.0.0.1 stands for a public address here (no test reaches beyond loopback); 127.0.0.2 stays private.
+    monkeypatch.setattr(outbound, "is_refused_address", lambda address: address != "127.0.0.1")
+    policy = _server_policy(tmp_path, deadline_s=5.0)
+    private = http.server.ThreadingHTTPServer(("127.0.0.2", 0), _Answers)
+    threading.Thread(target=private.serve_forever, daemon=True).start()
+    try:
+        with serving(_Answers) as base:
+            assert _reason(f"{base}/missing.png", policy) == "origin_img: could not be fetched: HTTP 404"
+            assert "is not an image" in _reason(f"{base}/text", policy)
+            hidden = _reason(f"{base}/moved?to=http://127.0.0.2:{private.server_address[1]}/missing.png", policy)
+            assert hidden == _reason(_closed_port_url("127.0.0.2"), policy)
+    finally:
+        private.shutdown()
+        private.server_close()
+
+
+def test_a_local_users_render_keeps_the_specific_reason_for_loopback(tmp_path: Path) -> None:
+    with serving(_Answers) as base:
+        assert _reason(f"{base}/missing.png", SourcePolicy()) == "origin_img: could not be fetched: HTTP 404"
+        assert "is not an image" in _reason(f"{base}/text", SourcePolicy())
+        assert "HTTP 404" in _reason(f"{base}/missing.png", SourcePolicy(file_roots=(), private_causes=True))

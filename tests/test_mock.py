@@ -151,10 +151,11 @@ def test_loopback_calls_pass_through(local_server: str) -> None:
 
 
 def test_leaving_the_mock_restores_the_real_clients(local_server: str) -> None:
-    original = requests.adapters.HTTPAdapter.send
+    original, original_get_adapter = requests.adapters.HTTPAdapter.send, requests.Session.get_adapter
     with mock_background_change():
-        assert requests.adapters.HTTPAdapter.send is not original
-    assert requests.adapters.HTTPAdapter.send is original
+        # requests: the mock chooses the adapter (it leaves HTTPAdapter.send to the test's own `responses` mocks).
+        assert requests.Session.get_adapter is not original_get_adapter
+    assert requests.adapters.HTTPAdapter.send is original and requests.Session.get_adapter is original_get_adapter
     with contextlib.suppress(httpx.HTTPError):  # offline: a real attempt fails; what matters is that it was real
         answer = httpx.get(f"{UPSTREAM}{INFO}", timeout=2)
         assert answer.status_code != 200 or "data" not in answer.text
@@ -204,3 +205,126 @@ def test_entering_the_same_mock_twice_gives_two_and_closes_both() -> None:
     with context as first, context as second:
         assert first is not second
     assert requests.adapters.HTTPAdapter.send is original
+
+
+class _Missing(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "7")
+        self.end_headers()
+        self.wfile.write(b"missing")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_job_cannot_tell_a_loopback_404_from_a_closed_port(local_server: str) -> None:
+    import socket
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    with serving(_Missing) as missing_base, mock_background_change():
+        missing = submit_and_poll(body(origin_img=f"{missing_base}/cat.png"))
+        refused = submit_and_poll(body(origin_img=f"http://127.0.0.1:{closed_port}/cat.png"))
+        not_image = submit_and_poll(body(origin_img=f"{local_server}cat.png"))  # 200 "hello"
+    assert missing["image_status"] == refused["image_status"] == not_image["image_status"] == 4
+    assert missing["error_reasons"] == refused["error_reasons"] == not_image["error_reasons"]
+
+
+@pytest.fixture
+def no_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that would go out for real fails here instead of looking a name up."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def loopback_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("localhost", "127.0.0.1", "::1", b"localhost", b"127.0.0.1"):
+            raise socket.gaierror(socket.EAI_NONAME, f"the test looks up no name but loopback's, not {host!r}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
+@contextlib.contextmanager
+def _clients_put_back() -> Iterator[tuple[Any, Any]]:
+    """The real `send` and `get_adapter` of requests, put back whatever a failed test left."""
+    send, get_adapter = requests.adapters.HTTPAdapter.send, requests.Session.get_adapter
+    try:
+        yield send, get_adapter
+    finally:
+        requests.adapters.HTTPAdapter.send = send  # type: ignore[method-assign]
+        requests.Session.get_adapter = get_adapter  # type: ignore[method-assign]
+
+
+def _closed_port() -> int:
+    import socket
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    return port
+
+
+@pytest.mark.usefixtures("no_lookups")
+def test_our_mock_inside_a_users_responses_mock_stopped_first_by_theirs(local_server: str) -> None:
+    import responses
+
+    theirs_url = f"http://127.0.0.1:{_closed_port()}/theirs"  # what their mock answers (nothing listens there)
+    with _clients_put_back() as (send, get_adapter):
+        theirs = responses.RequestsMock(assert_all_requests_are_fired=False)
+        ours = mock_background_change()
+        try:
+            theirs.start()
+            theirs.add(responses.GET, theirs_url, json={"theirs": True})
+            ours.__enter__()
+            assert submit_and_poll(body())["image_status"] == 3
+            assert requests.get(theirs_url).json() == {"theirs": True}
+            theirs.stop()
+            assert submit_and_poll(body())["image_status"] == 3  # ours still answers
+            with pytest.raises(requests.ConnectionError):
+                requests.get(theirs_url)  # for real now: a closed port
+        finally:
+            theirs.stop()
+            ours.__exit__(None, None, None)
+        assert requests.adapters.HTTPAdapter.send is send and requests.Session.get_adapter is get_adapter
+        assert requests.get(local_server).text == "hello"
+
+
+@pytest.mark.usefixtures("no_lookups")
+def test_a_users_responses_mock_inside_ours_stopped_after_it(local_server: str) -> None:
+    import responses
+
+    theirs_url = f"http://127.0.0.1:{_closed_port()}/theirs"
+    with _clients_put_back() as (send, get_adapter):
+        ours = mock_background_change()
+        try:
+            ours.__enter__()
+            responses.start()  # the module's own default mock, as `responses.start()` users have it
+            responses.add(responses.GET, theirs_url, json={"theirs": True})
+            assert submit_and_poll(body())["image_status"] == 3
+            assert requests.get(theirs_url).json() == {"theirs": True}
+            ours.__exit__(None, None, None)
+            assert requests.get(theirs_url).json() == {"theirs": True}  # theirs still answers
+            with pytest.raises(requests.ConnectionError):
+                requests.get(local_server)  # theirs refuses what it was not given, as it always does
+        finally:
+            ours.__exit__(None, None, None)
+            responses.stop()
+            responses.reset()
+        assert requests.adapters.HTTPAdapter.send is send and requests.Session.get_adapter is get_adapter
+        assert requests.get(local_server).text == "hello"
+
+
+def test_a_sessions_own_retries_run_as_they_are() -> None:
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    session.mount("https://", HTTPAdapter(max_retries=Retry(total=2, status_forcelist=[503], allowed_methods=None)))
+    with mock_background_change() as mock:
+        mock.add_fault(operation="replace", http_status=503, times=2)
+        answer = session.post(f"{UPSTREAM}{SUBMIT}", json=body(), headers=HEADERS)
+        assert answer.status_code == 200 and answer.json()["code"] == 1000
+        assert [call["code"] for call in mock.requests()][-1] == 1000 and len(mock.requests()) == 3
