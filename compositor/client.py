@@ -126,24 +126,33 @@ class BackgroundChangeClient:
 
 def local_sources(body: dict[str, Any], base_dir: Path | None) -> dict[str, tuple[bytes, str]]:
     """The body's sources that are local files (paths, file:// URLs), read:
-    field name to (bytes, MIME type). Only a regular file that is an image
-    is read: a body naming ~/.ssh/id_rsa must not send it anywhere. Raises
-    ValueError naming the field otherwise."""
+    field name to (bytes, MIME type). Only a regular file that is a whole
+    image is read: a body naming ~/.ssh/id_rsa must not send it anywhere, nor
+    a text file that starts like a GIF. Each is decoded in full (with the
+    renderer's limits) before anything is sent. Raises ValueError naming the
+    field otherwise."""
     from compositor.errors import SourceError
-    from compositor.sources import SourcePolicy, read_source, sniff_type
+    from compositor.sources import SourcePolicy, decode_image, read_source, sniff_type
 
+    policy = SourcePolicy(base_dir=base_dir, allow_http=False)
     found = {}
     for name in ("origin_img", "template_url"):
         value = body.get(name)
         if not isinstance(value, str) or not value or value.startswith(("http://", "https://", "data:")):
             continue
         try:
-            data = read_source(value, name, SourcePolicy(base_dir=base_dir, allow_http=False))
+            data = read_source(value, name, policy)
         except SourceError as exc:
             raise ValueError(str(exc)) from None
         kind = sniff_type(data)
         if not kind.startswith("image/"):
             raise ValueError(f"{name}: is not a PNG, JPEG, WebP or GIF image, so it is not sent")
+        try:
+            decode_image(data, name, max_pixels=policy.max_pixels).close()
+        except SourceError as exc:
+            raise ValueError(f"{exc}, so it is not sent") from None
+        except MemoryError:
+            raise ValueError(f"{name}: is too large to decode here, so it is not sent") from None
         found[name] = (data, kind)
     return found
 

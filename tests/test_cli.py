@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
@@ -8,12 +9,13 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from PIL import Image
 
 from compositor.cli import main
-from tests.conftest import REQUESTS, minimal_body
+from tests.conftest import REQUESTS, minimal_body, serving
 
 
 @pytest.fixture
@@ -149,3 +151,56 @@ def test_console_script_flushes_its_report_and_keeps_the_exit_code(request_dir: 
 def test_stdin_without_an_output_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("{}"))
     assert main(["render", "-"]) == 2
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every request as the mirror's upload would, and records it."""
+
+    seen: ClassVar[list[str]] = []
+
+    def _answer(self) -> None:
+        _Recorder.seen.append(f"{self.command} {self.path}")
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        data = json.dumps({"code": 1000, "msg": "OK", "data": {"url": "http://127.0.0.1:9/uploads/x.png"}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _truncated_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 64).convert("RGB").save(buffer, "PNG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+@pytest.mark.parametrize(
+    ("field", "content"),
+    [("origin_img", b"GIF89a, and then only text: this is no image at all\n" * 4), ("template_url", _truncated_png())],
+)
+def test_submit_sends_nothing_when_a_local_file_is_not_a_whole_image(
+    request_dir: Path, capsys: pytest.CaptureFixture[str], field: str, content: bytes
+) -> None:
+    (request_dir / "bad.bin").write_bytes(content)
+    overrides: dict[str, object] = {field: "bad.bin"}
+    if field == "template_url":
+        overrides.update(modify_template_size="16x16", overlay_template_x=0, overlay_template_y=0)
+    (request_dir / "body.json").write_text(json.dumps(minimal_body(**overrides)))
+    _Recorder.seen = []
+    with serving(_Recorder) as base:
+        code = main(
+            [
+                *("submit", str(request_dir / "body.json"), "--base-url", base, "--api-key", "k" * 32),
+                *("-o", str(request_dir / "out.png"), "--timeout", "5"),
+            ]
+        )
+    err = capsys.readouterr().err.strip()
+    assert _Recorder.seen == []  # not one request: nothing was sent
+    assert code == 2 and err.count("\n") == 0 and err.startswith(f"compositor: {field}: "), err
+    assert not (request_dir / "out.png").exists()
