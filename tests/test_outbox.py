@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compositor.mirror.models import COMPLETED, PROCESSING, Client, JobStore
+from compositor.mirror.models import COMPLETED, PROCESSING, Client, JobStore, lane_of, now_ms
 
 CLIENT = Client("alpha", "a" * 32)
 
@@ -50,7 +50,7 @@ def test_a_busy_receivers_backlog_does_not_hide_another_receivers_notice(tmp_pat
         store.claim_next()
     fast = job_with_hook(store, "http://fast.example/hook")
     store.claim_next()
-    due = store.due_notices(10**15, {"slow.example:8000"}, limit=5)
+    due = store.due_notices(10**15, {lane_of("alpha", "slow.example:8000")}, limit=5)
     assert [n.job_id for n in due] == [fast]
 
 
@@ -133,3 +133,77 @@ def test_the_outbox_delivers_each_notice_once_to_a_slow_receiver(tmp_path: Path)
         httpd.shutdown()
     assert all(n["state"] == "delivered" and n["attempts"] == 1 for j in jobs for n in store.notices(j))
     assert sorted(received.values()) == [1] * 6
+
+
+def test_one_clients_busy_lane_does_not_hold_another_clients_notices_to_the_same_receiver(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for _ in range(20):
+        job_with_hook(store, "http://shared.example:9000/a")
+        store.claim_next()
+    other = Client("beta", "b" * 32)
+    theirs = store.create(other, {"canvas_size": "8x8", "webhookUrl": "http://shared.example:9000/b"}).id
+    store.claim_next()
+    busy = {lane_of("alpha", "shared.example:9000")}
+    assert [n.job_id for n in store.due_notices(10**15, busy, limit=5)] == [theirs]
+
+
+def test_a_failing_receiver_backs_off_its_whole_lane_and_a_delivery_clears_it(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    for _ in range(3):
+        job_with_hook(store, "http://dead.example:9/hook")
+        store.claim_next()
+    fine = store.create(Client("beta", "b" * 32), {"canvas_size": "8x8", "webhookUrl": "http://dead.example:9/x"}).id
+    store.claim_next()
+    first, *_ = store.due_notices(now_ms(), set(), limit=1)
+    store.notice_attempted(
+        first.id,
+        delivered=False,
+        http_status=None,
+        error="refused",
+        retry_at_ms=now_ms(),
+        lane_delay_ms=lambda n: 60_000,
+    )
+    # The dead lane waits a minute, whatever its notices' own times say; the other client's lane does not.
+    assert [n.job_id for n in store.due_notices(now_ms() + 1000, set(), limit=10)] == [fine]
+    later = store.due_notices(now_ms() + 61_000, set(), limit=10, per_lane=10)
+    assert len([n for n in later if n.client_id == "alpha"]) == 3
+    store.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
+    assert len([n for n in store.due_notices(now_ms(), set(), limit=10, per_lane=10) if n.client_id == "alpha"]) == 2
+
+
+def test_due_notices_are_found_through_indexes_not_a_scan_of_what_is_pending(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    plans = []
+    for sql in (
+        "SELECT lane FROM lanes WHERE ready_ms <= 1 AND lane NOT IN ('x') AND client_id NOT IN ('y')"
+        " ORDER BY ready_ms LIMIT 32",
+        "SELECT * FROM webhooks WHERE lane = 'x' AND state = 'pending' AND head = 1 AND due_ms <= 1"
+        " ORDER BY due_ms, id LIMIT 4",
+        "SELECT MIN(due_ms) FROM webhooks WHERE lane = 'x' AND state = 'pending' AND head = 1",
+        "SELECT 1 FROM webhooks WHERE job_id = 'j' AND state = 'pending'",
+    ):
+        plans.append(" | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql)))
+    assert all("USING" in plan and "INDEX" in plan for plan in plans), plans
+    assert not any(plan.startswith("SCAN") for plan in plans), plans
+
+
+def test_an_outbox_made_before_lanes_gets_them_at_start(tmp_path: Path) -> None:
+    import sqlite3
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_id = job_with_hook(store, "http://receiver.example/hook")
+    store.claim_next()
+    store.complete(job_id, "r.png", "u")
+    store.close()
+    old = sqlite3.connect(tmp_path / "jobs.sqlite3")  # as a data dir made before lanes has it
+    for statement in ("DROP INDEX webhooks_by_job", "DROP INDEX webhooks_due", "DROP TABLE lanes"):
+        old.execute(statement)
+    old.execute("ALTER TABLE webhooks DROP COLUMN head")
+    old.execute("ALTER TABLE webhooks DROP COLUMN lane")
+    old.commit()
+    old.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3")
+    [first] = reopened.due_notices(10**15, set(), limit=10)
+    assert first.status == PROCESSING
+    reopened.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
+    assert [n.status for n in reopened.due_notices(10**15, set(), limit=10)] == [COMPLETED]

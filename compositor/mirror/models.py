@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import secrets
 import sqlite3
 import threading
@@ -14,7 +15,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +24,11 @@ from urllib.parse import urlsplit
 
 import jwt
 
+from compositor import text
 from compositor.errors import ApiCode
 from compositor.mirror.controls import JobPolicy
+
+log = logging.getLogger(__name__)
 
 CREDITS_PER_JOB = 4  # the docs' deduction_credit
 TOKEN_LIFETIME_S = 400 * 24 * 3600  # upstream tokens are valid for more than a year
@@ -179,6 +183,13 @@ class Job:
     fail_reason: str | None = None
     polls: int = 0
     release_polls: int = 0
+    # A job whose result could not be stored (a full disk) waits aside until
+    # `not_before_ms`, so the jobs behind it run; `setbacks` counts those waits.
+    not_before_ms: int = 0
+    setbacks: int = 0
+    # What of the stored record could not be read back (a version before the text rule, a damaged row): the
+    # job can still be polled and listed, and fails when it is claimed.
+    damaged: str | None = None
 
     @property
     def visible_status(self) -> int:
@@ -242,7 +253,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     processing_polls INTEGER NOT NULL DEFAULT 0,
     fail_reason TEXT,
     polls INTEGER NOT NULL DEFAULT 0,
-    release_polls INTEGER NOT NULL DEFAULT 0
+    release_polls INTEGER NOT NULL DEFAULT 0,
+    not_before_ms INTEGER NOT NULL DEFAULT 0,
+    setbacks INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, create_time);
 CREATE TABLE IF NOT EXISTS credits (client_id TEXT PRIMARY KEY, used INTEGER NOT NULL);
@@ -258,9 +271,26 @@ CREATE TABLE IF NOT EXISTS webhooks (
     attempts INTEGER NOT NULL DEFAULT 0,
     due_ms INTEGER NOT NULL,
     last_http_status INTEGER,
-    last_error TEXT
+    last_error TEXT,
+    lane TEXT NOT NULL DEFAULT '',
+    head INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (state, due_ms);
+CREATE TABLE IF NOT EXISTS lanes (
+    lane TEXT PRIMARY KEY,
+    client_id TEXT NOT NULL,
+    ready_ms INTEGER,
+    blocked_until_ms INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0
+);
+"""
+# Made after `_add_missing_columns`, which gives older data dirs the columns these name.
+# The outbox's indexes: a job's pending notices in order (the first is its `head`, the only one
+# that may be sent), a lane's sendable notices by due time, and the lanes by when they are ready.
+_INDEXES = """
+DROP INDEX IF EXISTS webhooks_pending;
+CREATE INDEX IF NOT EXISTS webhooks_by_job ON webhooks (job_id, id) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (lane, due_ms, id) WHERE state = 'pending' AND head = 1;
+CREATE INDEX IF NOT EXISTS lanes_ready ON lanes (ready_ms) WHERE ready_ms IS NOT NULL;
 """
 
 
@@ -302,6 +332,7 @@ class Notice:
     status: int
     result_url: str | None
     attempts: int
+    lane: str
 
 
 class JobStore:
@@ -327,6 +358,7 @@ class JobStore:
                 raise StoreDamagedError(f"the job database {path} is damaged ({problems[0]})")
             self._db.executescript(_SCHEMA)
             _add_missing_columns(self._db)
+            self._db.executescript(_INDEXES)
         except sqlite3.Error as exc:
             error = _store_error(exc)
             raise type(error)(f"{error.reason}: {path} ({exc})") from None
@@ -358,8 +390,17 @@ class JobStore:
             except sqlite3.Error as exc:
                 raise _store_error(exc) from None
 
-    def create(self, client: Client, body: dict[str, Any], policy: JobPolicy | None = None) -> Job:
-        """Store a queued job, charging the client's credits in the same transaction."""
+    def create(
+        self,
+        client: Client,
+        body: dict[str, Any],
+        policy: JobPolicy | None = None,
+        before_commit: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Store a queued job, charging the client's credits in the same
+        transaction. `before_commit` runs inside that transaction, last: the
+        caller makes its answer there, so that a failure to make it (or
+        anything before) leaves no job and no charge."""
         now = now_ms()
         policy = policy or JobPolicy()
         held = policy.queueing_polls + policy.processing_polls
@@ -396,6 +437,8 @@ class JobStore:
                     *(job.queueing_polls, job.processing_polls, job.fail_reason, job.release_polls),
                 ),
             )
+            if before_commit is not None:
+                before_commit(job)
         return job
 
     def poll(self, job_id: str) -> Job | None:
@@ -424,22 +467,44 @@ class JobStore:
         return _job(rows[0]) if rows else None
 
     def claim_next(self, job_id: str | None = None) -> Job | None:
-        """The oldest queued job that no policy holds (or that one job, if
-        it may run), now marked processing (its notice queued); None when
-        none waits."""
+        """The oldest queued job that no policy holds and that is not set
+        aside (or that one job, if it may run), now marked processing (its
+        notice queued); None when none waits.
+
+        A job whose stored record cannot be read back (written by an older
+        version, say, before text was checked at the door) can only fail
+        itself: it is failed here, in the same transaction, and the next one
+        is claimed."""
         which = "AND id = ?" if job_id is not None else ""
-        with self._transaction() as db:
-            row = db.execute(
-                "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts + 1"
-                " WHERE id = (SELECT id FROM jobs WHERE status = ? AND polls >= release_polls"
-                f" {which} ORDER BY create_time, rowid LIMIT 1) RETURNING *",
-                (PROCESSING, now_ms(), QUEUEING, *([job_id] if job_id is not None else [])),
-            ).fetchone()
-            if row is None:
-                return None
-            job = _job(row)
-            _queue_notice(db, job, PROCESSING)
-        return job
+        while True:
+            with self._transaction() as db:
+                now = now_ms()
+                row = db.execute(
+                    "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts + 1"
+                    " WHERE id = (SELECT id FROM jobs WHERE status = ? AND polls >= release_polls"
+                    f" AND not_before_ms <= ? {which} ORDER BY create_time, rowid LIMIT 1) RETURNING *",
+                    (PROCESSING, now, QUEUEING, now, *([job_id] if job_id is not None else [])),
+                ).fetchone()
+                if row is None:
+                    return None
+                try:
+                    job = _job(row)
+                    problem = job.damaged
+                    if problem is None:
+                        _queue_notice(db, job, PROCESSING)
+                        return job
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    problem = type(exc).__name__
+                # The job cannot run: it fails alone (no notice: its URL may be what cannot be read), and the
+                # next one is claimed.
+                reason = f"the job's stored record cannot be read: {problem}"
+                db.execute(
+                    "UPDATE jobs SET status = ?, error_reasons = ? WHERE id = ?",
+                    (FAILED, json.dumps([reason]), row["id"]),
+                )
+                log.warning("job %s: %s; failed", row["id"], reason)
+                if job_id is not None:
+                    return None
 
     def complete(self, job_id: str, result_path: str, image_url: str) -> bool:
         """Whether the job was still processing (it may have been failed by hand, or forgotten by a reset)."""
@@ -462,7 +527,7 @@ class JobStore:
         server's settings); the paths of the results that were stored."""
         with self._transaction() as db:
             paths = [row[0] for row in db.execute("SELECT result_path FROM jobs WHERE result_path IS NOT NULL")]
-            for table in ("jobs", "webhooks", "credits"):
+            for table in ("jobs", "webhooks", "lanes", "credits"):
                 db.execute(f"DELETE FROM {table}")
         return paths
 
@@ -473,6 +538,17 @@ class JobStore:
             db.execute(
                 "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts - ? WHERE id = ? AND status = ?",
                 (QUEUEING, now_ms(), 0 if count_attempt else 1, job_id, PROCESSING),
+            )
+
+    def set_aside(self, job_id: str, until_ms: int) -> None:
+        """A processing job back in the queue, not to run before `until_ms`:
+        its result could not be stored (a full disk), which is not its fault
+        (the attempt is not counted), and the jobs behind it run meanwhile."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET status = ?, updated_time = ?, attempts = attempts - 1, not_before_ms = ?,"
+                " setbacks = setbacks + 1 WHERE id = ? AND status = ?",
+                (QUEUEING, now_ms(), until_ms, job_id, PROCESSING),
             )
 
     def _finish(self, job_id: str, status: int, **columns: str) -> Job | None:
@@ -517,43 +593,89 @@ class JobStore:
     def due_notices(
         self,
         at_ms: int,
-        busy_receivers: set[str],
+        busy_lanes: set[str],
         busy_clients: set[str] | None = None,
         limit: int = 32,
         in_flight: set[int] | None = None,
+        per_lane: int = 2,
     ) -> list[Notice]:
-        """Pending notices that are due, each the oldest still pending for its
-        job (so a job's notices go out in order), oldest first; none for a
-        busy receiver or client (so a slow one's backlog never hides the
-        others'), and none of those `in_flight` (being delivered now)."""
+        """Notices that may be sent now: each the oldest still pending for its
+        job (so a job's notices go out in order), at most `per_lane` from one
+        lane (a client's receiver), none from a busy lane or client (so a slow
+        one's backlog never hides the others'), none of those `in_flight`
+        (being delivered now), and none from a lane that is backing off after
+        its receiver failed.
+
+        Found through indexes: the ready lanes by time, then each one's due
+        notices by time; what is pending but not due costs nothing here."""
         busy_clients, in_flight = busy_clients or set(), in_flight or set()
-        receivers = ",".join("?" * len(busy_receivers))
+        lanes = ",".join("?" * len(busy_lanes))
         clients = ",".join("?" * len(busy_clients))
-        ids = ",".join("?" * len(in_flight))
-        rows = self._read(
-            "SELECT * FROM webhooks AS w WHERE state = 'pending' AND due_ms <= ?"
-            f" AND receiver NOT IN ({receivers}) AND client_id NOT IN ({clients}) AND id NOT IN ({ids})"
-            " AND NOT EXISTS (SELECT 1 FROM webhooks AS e WHERE e.job_id = w.job_id AND e.state = 'pending'"
-            " AND e.id < w.id) ORDER BY id LIMIT ?",
-            (at_ms, *sorted(busy_receivers), *sorted(busy_clients), *sorted(in_flight), limit),
-        )
-        return [_notice(row) for row in rows]
+        with self._lock:
+            try:
+                ready = self._db.execute(
+                    f"SELECT lane FROM lanes WHERE ready_ms <= ? AND lane NOT IN ({lanes})"
+                    f" AND client_id NOT IN ({clients}) ORDER BY ready_ms LIMIT ?",
+                    (at_ms, *sorted(busy_lanes), *sorted(busy_clients), limit),
+                ).fetchall()
+                due: list[Notice] = []
+                for (lane,) in ready:
+                    rows = self._db.execute(
+                        "SELECT * FROM webhooks WHERE lane = ? AND state = 'pending' AND head = 1 AND due_ms <= ?"
+                        " ORDER BY due_ms, id LIMIT ?",
+                        (lane, at_ms, per_lane + len(in_flight)),
+                    ).fetchall()
+                    fresh = [_notice(row) for row in rows if row["id"] not in in_flight]
+                    due.extend(fresh[: min(per_lane, limit - len(due))])
+                    if len(due) >= limit:
+                        break
+                return due
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from None
 
     def next_notice_due(self) -> int | None:
-        rows = self._read("SELECT MIN(due_ms) AS due FROM webhooks WHERE state = 'pending'")
+        rows = self._read("SELECT MIN(ready_ms) AS due FROM lanes")
         return rows[0]["due"] if rows else None
 
     def notice_attempted(
-        self, notice_id: int, *, delivered: bool, http_status: int | None, error: str | None, retry_at_ms: int | None
+        self,
+        notice_id: int,
+        *,
+        delivered: bool,
+        http_status: int | None,
+        error: str | None,
+        retry_at_ms: int | None,
+        lane_delay_ms: Callable[[int], int] | None = None,
     ) -> None:
-        """Record one delivery attempt: delivered, to be retried at `retry_at_ms`, or abandoned (None)."""
+        """Record one delivery attempt: delivered, to be retried at `retry_at_ms`,
+        or abandoned (None). `lane_delay_ms` is given when the receiver itself
+        failed (no answer, or not 200): its whole lane then waits that long
+        (given the lane's failures in a row) before another of its notices is
+        tried, so a dead receiver is probed, not hammered. A delivery clears it."""
         state = "delivered" if delivered else ("pending" if retry_at_ms is not None else "abandoned")
         with self._transaction() as db:
-            db.execute(
+            row = db.execute(
                 "UPDATE webhooks SET state = ?, attempts = attempts + 1, due_ms = COALESCE(?, due_ms),"
-                " last_http_status = ?, last_error = ? WHERE id = ?",
+                " last_http_status = ?, last_error = ? WHERE id = ? RETURNING job_id, lane",
                 (state, retry_at_ms, http_status, error, notice_id),
-            )
+            ).fetchone()
+            if row is None:
+                return  # forgotten by a reset while it was being delivered
+            if state != "pending":  # the job's next notice may be sent now
+                db.execute("UPDATE webhooks SET head = 0 WHERE id = ?", (notice_id,))
+                _promote_next_notice(db, row["job_id"])
+            if delivered:
+                db.execute("UPDATE lanes SET failures = 0, blocked_until_ms = 0 WHERE lane = ?", (row["lane"],))
+            elif lane_delay_ms is not None:
+                failures = db.execute(
+                    "UPDATE lanes SET failures = failures + 1 WHERE lane = ? RETURNING failures", (row["lane"],)
+                ).fetchone()
+                if failures is not None:
+                    db.execute(
+                        "UPDATE lanes SET blocked_until_ms = ? WHERE lane = ?",
+                        (now_ms() + lane_delay_ms(failures[0]), row["lane"]),
+                    )
+            _refresh_lane(db, row["lane"])
 
     def notices(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """Every notice (of one job), oldest first, as plain dicts."""
@@ -568,23 +690,57 @@ def _queue_notice(db: sqlite3.Connection, job: Job, status: int) -> None:
     url = job.body.get("webhookUrl")
     if not isinstance(url, str) or not url:
         return
+    if not text.is_valid_text(url):
+        # Refused at the door since; a job stored before that must not stop every other job's progress.
+        log.warning("job %s: its webhookUrl is not valid Unicode text; no notice is sent", job.id)
+        return
     if (
         status == PROCESSING
         and db.execute("SELECT 1 FROM webhooks WHERE job_id = ? AND status = ?", (job.id, PROCESSING)).fetchone()
     ):
         return  # a job run again is no news to the receiver
+    receiver = receiver_of(url)
+    lane = lane_of(job.client_id, receiver)
+    waiting = db.execute("SELECT 1 FROM webhooks WHERE job_id = ? AND state = 'pending'", (job.id,)).fetchone()
     db.execute(
-        "INSERT INTO webhooks (job_id, client_id, url, receiver, status, result_url, due_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO webhooks (job_id, client_id, url, receiver, status, result_url, due_ms, lane, head)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            job.id,
-            job.client_id,
-            url,
-            receiver_of(url),
-            status,
-            job.image_url if status == COMPLETED else None,
-            now_ms(),
+            *(job.id, job.client_id, url, receiver, status),
+            *(job.image_url if status == COMPLETED else None, now_ms(), lane, 0 if waiting else 1),
         ),
+    )
+    db.execute("INSERT OR IGNORE INTO lanes (lane, client_id) VALUES (?, ?)", (lane, job.client_id))
+    _refresh_lane(db, lane)
+
+
+def lane_of(client_id: str, receiver: str) -> str:
+    """A lane: one client's notices to one receiver. Deliveries are limited, and
+    back off after failures, per lane: one client's dead receiver never holds up
+    another client's notices to the same host."""
+    return f"{client_id}\x1f{receiver}"
+
+
+def _promote_next_notice(db: sqlite3.Connection, job_id: str) -> None:
+    """The job's oldest pending notice becomes its head, the one that may be sent."""
+    row = db.execute(
+        "UPDATE webhooks SET head = 1 WHERE id = (SELECT id FROM webhooks WHERE job_id = ? AND state = 'pending'"
+        " ORDER BY id LIMIT 1) RETURNING lane",
+        (job_id,),
+    ).fetchone()
+    if row is not None:
+        _refresh_lane(db, row["lane"])
+
+
+def _refresh_lane(db: sqlite3.Connection, lane: str) -> None:
+    """When the lane is next ready: its earliest due head notice, or the end of its
+    back-off if later; NULL when nothing in it is pending. An index lookup, not a scan."""
+    row = db.execute(
+        "SELECT MIN(due_ms) FROM webhooks WHERE lane = ? AND state = 'pending' AND head = 1", (lane,)
+    ).fetchone()
+    db.execute(
+        "UPDATE lanes SET ready_ms = CASE WHEN ? IS NULL THEN NULL ELSE MAX(?, blocked_until_ms) END WHERE lane = ?",
+        (row[0], row[0], lane),
     )
 
 
@@ -602,18 +758,20 @@ def _notice(row: sqlite3.Row) -> Notice:
 
 
 def _job(row: sqlite3.Row) -> Job:
+    body, damaged = _stored_json(row["body"], dict, "its body")
+    reasons, damaged_reasons = _stored_json(row["error_reasons"], list, "its error reasons")
     return Job(
         id=row["id"],
         image_id=row["image_id"],
         client_id=row["client_id"],
         uid=row["uid"],
-        body=json.loads(row["body"]),
+        body=body,
         status=row["status"],
         create_time=row["create_time"],
         updated_time=row["updated_time"],
         image_url=row["image_url"],
         result_path=row["result_path"],
-        error_reasons=json.loads(row["error_reasons"]),
+        error_reasons=[reason for reason in reasons if isinstance(reason, str) and text.is_valid_text(reason)],
         expired=bool(row["expired"]),
         attempts=row["attempts"],
         queueing_polls=row["queueing_polls"],
@@ -621,7 +779,23 @@ def _job(row: sqlite3.Row) -> Job:
         fail_reason=row["fail_reason"],
         polls=row["polls"],
         release_polls=row["release_polls"],
+        not_before_ms=row["not_before_ms"],
+        setbacks=row["setbacks"],
+        damaged=damaged or damaged_reasons,
     )
+
+
+def _stored_json(raw: str, kind: type, what: str) -> tuple[Any, str | None]:
+    """A JSON column read back, or an empty `kind` and what is wrong with it."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return kind(), f"{what} is not JSON"
+    if not isinstance(value, kind):
+        return kind(), f"{what} is not a JSON {kind.__name__}"
+    if text.unencodable_field(value) is not None:
+        return kind(), f"{what} holds text that is not valid Unicode"
+    return value, None
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
@@ -633,10 +807,24 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         "fail_reason": "TEXT",
         "polls": "INTEGER NOT NULL DEFAULT 0",
         "release_polls": "INTEGER NOT NULL DEFAULT 0",
+        "not_before_ms": "INTEGER NOT NULL DEFAULT 0",
+        "setbacks": "INTEGER NOT NULL DEFAULT 0",
     }
     for name, declaration in wanted.items():
         if name not in present:
             db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
+    # Outboxes made before lanes: each pending notice gets its lane, each job's oldest pending one is its head.
+    if "lane" not in {row[1] for row in db.execute("PRAGMA table_info(webhooks)")}:
+        db.execute("ALTER TABLE webhooks ADD COLUMN lane TEXT NOT NULL DEFAULT ''")
+        db.execute("ALTER TABLE webhooks ADD COLUMN head INTEGER NOT NULL DEFAULT 0")
+        db.execute("UPDATE webhooks SET lane = client_id || char(31) || receiver")
+        db.execute(
+            "UPDATE webhooks SET head = 1 WHERE id IN"
+            " (SELECT MIN(id) FROM webhooks WHERE state = 'pending' GROUP BY job_id)"
+        )
+        db.execute("INSERT OR IGNORE INTO lanes (lane, client_id) SELECT DISTINCT lane, client_id FROM webhooks")
+        for (lane,) in db.execute("SELECT lane FROM lanes").fetchall():
+            _refresh_lane(db, lane)
 
 
 def now_ms() -> int:

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from compositor.errors import ApiCode, CompositorError
+from compositor.mirror.downloads import open_file_response
 from compositor.mirror.middleware import read_json
 from compositor.mirror.models import ApiError, StoreError, StoreFullError
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
@@ -206,10 +207,11 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
 
     @app.get("/uploads/{name}", include_in_schema=False)
     async def uploaded(name: str) -> Response:
-        path = mirror.upload_file(name)
-        if path is None:
-            return JSONResponse({"code": 1003, "msg": "no such upload, or it has expired"}, status_code=404)
-        return FileResponse(path)
+        return open_file_response(
+            mirror.upload_file(name),
+            None,
+            lambda: JSONResponse({"code": 1003, "msg": "no such upload, or it has expired"}, status_code=404),
+        )
 
 
 @contextlib.contextmanager

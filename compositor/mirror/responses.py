@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.mirror.connections import DropConnection, Dropper
 from compositor.mirror.control_routes import add_controls
+from compositor.mirror.downloads import open_file_response
 from compositor.mirror.middleware import (
     CONTROL_PREFIX,
     AccessLog,
@@ -34,7 +35,7 @@ from compositor.mirror.middleware import (
     log_failure,
     read_json,
 )
-from compositor.mirror.models import ApiError, StoreError
+from compositor.mirror.models import ApiError, Job, StoreError
 from compositor.mirror.page import add_page
 from compositor.mirror.service import Mirror
 
@@ -74,6 +75,14 @@ def envelope(code: int, msg: str, data: Any = None) -> JSONResponse:
     return JSONResponse(content)
 
 
+def _accepted(job: Job, warnings: list[dict[str, str]]) -> JSONResponse:
+    """The 1000 answer to a submit, encoded here: the back end calls this before it commits the job."""
+    record = job.to_api()
+    if warnings:  # an addition of ours: upstream clients ignore fields they do not know
+        record["warnings"] = warnings
+    return envelope(1000, "OK", record)
+
+
 def create_app(mirror: Mirror) -> Dropper:
     """The mirror as an ASGI app: the FastAPI routes inside the guards of
     `middleware` (the FastAPI app itself is `.app.app`)."""
@@ -106,6 +115,8 @@ def _routes(mirror: Mirror) -> FastAPI:
         version="0.1.0",
         description="Same paths, headers, envelope, codes, job states and webhooks as upstream; rendered locally.",
         lifespan=lifespan,
+        # No 307 to the path without its trailing slash: an answer with no body is not the envelope.
+        redirect_slashes=False,
     )
 
     @app.exception_handler(StoreError)
@@ -218,11 +229,7 @@ def _routes(mirror: Mirror) -> FastAPI:
         client = mirror.authenticate(authorization, x_api_key)
         request.state.client_id = client.client_id  # for the access log and the journal
         body = await read_json(request)
-        job, warnings = await run_in_threadpool(mirror.submit, client, body)
-        record = job.to_api()
-        if warnings:  # an addition of ours: upstream clients ignore fields they do not know
-            record["warnings"] = warnings
-        return envelope(1000, "OK", record)
+        return await run_in_threadpool(mirror.submit, client, body, _accepted)
 
     info_path = "/api/open/v3/content/image/infobymodelid"
 
@@ -244,10 +251,11 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     @app.get("/results/{name}", response_class=FileResponse, responses={404: {"description": "no such result"}})
     async def result(name: str) -> Response:
-        path = mirror.result_file(name)
-        if path is None:
-            return JSONResponse({"code": 1003, "msg": "no such result, or it has expired"}, status_code=404)
-        return FileResponse(path, media_type="image/png")
+        return open_file_response(
+            mirror.result_file(name),
+            "image/png",
+            lambda: JSONResponse({"code": 1003, "msg": "no such result, or it has expired"}, status_code=404),
+        )
 
     add_page(app, mirror)
     if mirror.settings.controls_enabled:

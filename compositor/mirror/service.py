@@ -8,6 +8,7 @@ processes, and a job renders in the thread of the info poll that releases it."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -16,10 +17,11 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
@@ -35,6 +37,7 @@ from compositor.mirror.models import (
     Job,
     JobStore,
     StoreError,
+    now_ms,
 )
 from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
 from compositor.mirror.worker import RenderOutcome, prepare_worker, render_png, render_to_file, store_png
@@ -45,6 +48,7 @@ from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 job_log = logging.getLogger("compositor.jobs")
 
 
@@ -56,6 +60,11 @@ def _job_line(job: Job, outcome: str, reason: str | None = None) -> None:
 
 # A job whose worker died this many times is failed rather than run again.
 MAX_ATTEMPTS = 2
+# A job whose result found no room on the disk waits aside, 5 s the first
+# time and doubling to 5 min (the jobs behind it run meanwhile), and is failed
+# after this many waits (about 40 min in all): a job can only ever fail itself.
+SET_ASIDE_S = (5.0, 300.0)
+MAX_SETBACKS = 12
 # How long the dispatcher waits before claiming again after the store or the
 # disk failed: doubling from the first to the last.
 BACKOFF_S = (0.5, 30.0)
@@ -117,6 +126,9 @@ class MirrorSettings:
             local_only=self.local_only,
             deadline_s=self.source_deadline_s,
             source_map=own.merged(self.source_map),
+            # A caller may not learn the mirror's own network from a job's reason: one reason for every
+            # failing loopback or private source.
+            private_causes=False,
         )
 
 
@@ -206,17 +218,24 @@ class Mirror:
     def authenticate(self, authorization: str | None, api_key: str | None) -> Client:
         return self.accounts.authenticate(authorization, api_key)
 
-    def submit(self, client: Client, body: object) -> tuple[Job, list[dict[str, str]]]:
-        """The stored job, and the body's warnings (fields ignored, layers off the canvas)."""
+    def submit(self, client: Client, body: object, answer: Callable[[Job, list[dict[str, str]]], T]) -> T:
+        """What `answer` makes of the stored job and the body's warnings (fields
+        ignored, layers off the canvas). It is made inside the transaction that
+        stores the job and charges its credits: if making it fails, or anything
+        before, there is neither job nor charge (no job without its answer)."""
         self.accounts.check_rate(client)
         report = validate(body, limits=self.settings.limits)
         if not report.ok:
             raise InvalidRequestError(report)
         assert isinstance(body, dict)
-        job = self.store.create(client, body, self.controls.policies.take())
+        warnings = [problem.as_dict() for problem in report.warnings]
+        answers: list[T] = []
+        job = self.store.create(
+            client, body, self.controls.policies.take(), lambda stored: answers.append(answer(stored, warnings))
+        )
         _job_line(job, "queued")
         self._wake.set()
-        return job, [problem.as_dict() for problem in report.warnings]
+        return answers[0]
 
     def info(self, client: Client, job_id: object) -> Job:
         self.accounts.check_rate(client)
@@ -334,14 +353,22 @@ class Mirror:
                 self._fail(job, job.fail_reason)
                 continue
             _job_line(job, "processing")
-            self._in_flight[job.id] = job
             budget, model = self.settings.memory_budget, self.settings.model
-            if self._remote:  # the cluster's workers share no storage with us: the PNG comes back
-                future = self.pool.submit(render_png, job.body, self.sources, budget, model)
-            else:
-                future = self.pool.submit(
-                    render_to_file, job.body, str(self._result_path(job)), self.sources, budget, model
-                )
+            try:
+                if self._remote:  # the cluster's workers share no storage with us: the PNG comes back
+                    future = self.pool.submit(render_png, job.body, self.sources, budget, model)
+                else:
+                    future = self.pool.submit(
+                        render_to_file, job.body, str(self._result_path(job)), self.sources, budget, model
+                    )
+            except ExecutorUnavailable as exc:  # nobody's fault: the job waits, and so do new ones
+                self._wait_for_executor(job, exc)
+                return
+            except Exception as exc:  # this job cannot be handed to a worker: it fails alone
+                log.error("job %s: could not be started (%s); failing it", job.id, type(exc).__name__)
+                self._fail(job, "the job could not be started")
+                continue
+            self._in_flight[job.id] = job
             future.add_done_callback(functools.partial(self._answered, job))
 
     def _run_inline(self, job_id: str) -> None:
@@ -379,7 +406,14 @@ class Mirror:
         while self._unstored:
             job, done = self._unstored[0]
             if not self._stopping.is_set():
-                self._store_outcome(job, done)
+                try:
+                    self._store_outcome(job, done)
+                except StoreError:
+                    raise  # the store's trouble, not the job's: it stays first in line for the next round
+                except Exception:  # this job's trouble only: it is failed, and the others go on
+                    log.exception("job %s: its outcome could not be stored; failing it", job.id)
+                    with contextlib.suppress(StoreError):
+                        self._fail(job, "the result could not be stored")
             self._unstored.pop(0)
             self._in_flight.pop(job.id, None)
             self.webhooks.wake()
@@ -388,11 +422,7 @@ class Mirror:
         try:
             outcome = done.result()
         except ExecutorUnavailable as exc:
-            pause = 5.0
-            log.error("job %s: %s; it waits, and the dispatcher tries again in %.0f s", job.id, exc, pause)
-            self.store.requeue(job.id, count_attempt=False)
-            self._paused_until = time.monotonic() + pause
-            _job_line(job, "requeued", str(exc))
+            self._wait_for_executor(job, exc)
             return
         except WorkerDied as exc:
             if job.attempts < MAX_ATTEMPTS:
@@ -410,11 +440,7 @@ class Mirror:
         if outcome.png is not None:
             outcome = store_png(outcome.png, str(self._result_path(job)))
         if outcome.transient:
-            pause = 5.0
-            log.warning("job %s: %s; it waits, and new jobs wait %.0f s", job.id, outcome.failure, pause)
-            self.store.requeue(job.id, count_attempt=False)
-            self._paused_until = time.monotonic() + pause
-            _job_line(job, "requeued", outcome.failure)
+            self._set_aside(job, outcome.failure or "the result could not be stored")
         elif outcome.failure is None:
             result = self._result_path(job)
             if self.store.complete(job.id, str(result), f"{self.settings.public_base_url}/results/{result.name}"):
@@ -423,6 +449,28 @@ class Mirror:
                 result.unlink(missing_ok=True)
         else:
             self._fail(job, outcome.failure)
+
+    def _wait_for_executor(self, job: Job, exc: Exception) -> None:
+        """The workers are gone (a cluster away): the job goes back to the queue uncharged, and claiming pauses."""
+        pause = 5.0
+        log.error("job %s: %s; it waits, and the dispatcher tries again in %.0f s", job.id, exc, pause)
+        self.store.requeue(job.id, count_attempt=False)
+        self._paused_until = time.monotonic() + pause
+        _job_line(job, "requeued", str(exc))
+
+    def _set_aside(self, job: Job, reason: str) -> None:
+        """A result with no room to be stored: the job waits aside with a growing
+        delay while the jobs behind it run (a smaller result may fit), and fails
+        after MAX_SETBACKS waits."""
+        setbacks = job.setbacks + 1
+        if setbacks > MAX_SETBACKS:
+            log.warning("job %s: %s, %d times; failing it", job.id, reason, setbacks)
+            self._fail(job, f"{reason} ({setbacks} tries)")
+            return
+        delay = min(SET_ASIDE_S[0] * 2 ** (setbacks - 1), SET_ASIDE_S[1])
+        log.warning("job %s: %s; it waits %.0f s aside, and the jobs behind it go on", job.id, reason, delay)
+        self.store.set_aside(job.id, now_ms() + int(delay * 1000))
+        _job_line(job, "requeued", reason)
 
     def _fail(self, job: Job, reason: str) -> None:
         self.store.fail(job.id, [reason])

@@ -72,7 +72,7 @@ class RetryPolicy:
     max_delay_s: float = 60.0
     timeout_s: float = 10.0  # one whole attempt: connect, send, the answer's headers
     concurrency: int = 32  # deliveries under way at once
-    per_host: int = 2  # of those, to one receiver (host and port)
+    per_host: int = 2  # of those, to one receiver (host and port) for one client: a lane
     per_client: int = 8  # of those, for one client's jobs, however many receivers it names
 
     def delay(self, attempt: int) -> float:
@@ -124,6 +124,10 @@ class WebhookOutbox:
         self.wake()
         self._thread.join(timeout=5)
 
+    def _lane_delay_ms(self, failures: int) -> int:
+        """How long a lane waits after its receiver failed `failures` times in a row."""
+        return int(self.retry.delay(failures) * 1000)
+
     def _run(self) -> None:
         asyncio.run(self._main())
 
@@ -155,21 +159,21 @@ class WebhookOutbox:
         free = self.retry.concurrency - len(in_flight)
         if free <= 0:
             return
-        receivers = Counter(notice.receiver for notice in in_flight.values())
+        lanes = Counter(notice.lane for notice in in_flight.values())
         clients = Counter(notice.client_id for notice in in_flight.values())
-        busy_receivers = {r for r, count in receivers.items() if count >= self.retry.per_host}
+        busy_lanes = {lane for lane, count in lanes.items() if count >= self.retry.per_host}
         busy_clients = {c for c, count in clients.items() if count >= self.retry.per_client}
         due = await asyncio.to_thread(
-            self._store.due_notices, now_ms(), busy_receivers, busy_clients, free, set(in_flight)
+            self._store.due_notices, now_ms(), busy_lanes, busy_clients, free, set(in_flight), self.retry.per_host
         )
         for notice in due:
             if (
                 notice.id in in_flight  # still being delivered: never twice at once
-                or receivers[notice.receiver] >= self.retry.per_host
+                or lanes[notice.lane] >= self.retry.per_host
                 or clients[notice.client_id] >= self.retry.per_client
             ):
                 continue
-            receivers[notice.receiver] += 1
+            lanes[notice.lane] += 1
             clients[notice.client_id] += 1
             in_flight[notice.id] = notice
             task = asyncio.create_task(self._deliver(client, notice))
@@ -188,6 +192,7 @@ class WebhookOutbox:
         secret = self._secret_for(notice.client_id)
         status: int | None = None
         error: str | None = None
+        receiver_failed = False  # an attempt was made, and the receiver did not take it
         generation = self._generation
         rule = self.faults.fire("webhook", notice.client_id) if self.faults is not None else None
         if rule is not None and rule.latency_ms:
@@ -211,6 +216,7 @@ class WebhookOutbox:
             except Exception:  # whatever the URL makes the client raise: a failed attempt, never a dead loop
                 log.exception("webhook for job %s: the attempt failed unexpectedly", notice.job_id)
                 error = "could not be delivered"
+            receiver_failed = status != 200
         delivered = status == 200
         attempt = notice.attempts + 1
         retry_at = None
@@ -226,6 +232,7 @@ class WebhookOutbox:
                 http_status=status,
                 error=error,
                 retry_at_ms=retry_at,
+                lane_delay_ms=self._lane_delay_ms if receiver_failed else None,
             )
         except StoreError as exc:  # it stays pending as it was: sent again later, at least once
             log.error("webhooks: cannot record a delivery (%s)", exc.reason)
