@@ -2,14 +2,18 @@
 
 20 clients (each its own account) submit 512x512 jobs and poll them to the
 end for --seconds (default 300). Every --kill-every seconds (default 30) one
-render worker is killed with SIGKILL. A third of the jobs name a webhook
+render worker is killed with SIGKILL. A quarter of the jobs name a webhook
 receiver that drips its answer (a byte every 0.5 s: far past the 10 s
-deadline of an attempt), the rest a fast receiver that records every notice.
+deadline of an attempt), a sixth a dead receiver (a closed port), the rest a
+fast receiver that records every notice. One submit in twenty is hostile: its
+webhookUrl holds a lone surrogate (the JSON escape of U+DC80), which must be
+refused with 1003 and stop nothing.
 
 Prints and writes (--json): jobs submitted, completed, failed (with their
 reasons), lost (never finished), duplicated (a second status-3 notice, or a
-job id handed out twice), the fast receiver's notice latency, and the server's
-RSS (main process and workers) sampled every 5 s.
+job id handed out twice), answers with a 5xx, submit latency, the fast
+receiver's notice latency, and the server's RSS (main process and workers)
+sampled every 5 s.
 
     .venv/bin/python benchmarks/bench_soak.py [--seconds 300] [--clients 20] [--kill-every 30]
 """
@@ -96,6 +100,9 @@ class Receivers:
 
         self.fast = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fast)
         self.drip = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+        with socket.socket() as probe:  # a port nothing listens on: every attempt is refused
+            probe.bind(("127.0.0.1", 0))
+            self.dead_port = probe.getsockname()[1]
         for server in (self.fast, self.drip):
             server.daemon_threads = True
             threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -105,6 +112,9 @@ class Receivers:
 
     def drip_url(self) -> str:
         return f"http://127.0.0.1:{self.drip.server_address[1]}/hook"
+
+    def dead_url(self) -> str:
+        return f"http://127.0.0.1:{self.dead_port}/hook"
 
     def close(self) -> None:
         self.fast.shutdown()
@@ -204,6 +214,8 @@ def run(
     submitted_at: dict[str, float] = {}
     finished: dict[str, dict[str, Any]] = {}
     answers: Counter[str] = Counter()
+    submit_seconds: list[float] = []
+    hostile = Counter[str]()
     lock = threading.Lock()
     stop_submitting = threading.Event()
     started = time.monotonic()
@@ -214,13 +226,32 @@ def run(
         headers = {"x-api-key": secret_of(index)}
         with httpx.Client(base_url=base, timeout=30) as http:
             while not stop_submitting.is_set():
-                hook = receivers.drip_url() if rng.random() < 1 / 3 else receivers.fast_url(client_id)
+                roll = rng.random()
+                if roll < 0.05:  # hostile: sent as the escape an attacker writes, which Python decodes to a surrogate
+                    raw = json.dumps({**body, "webhookUrl": "http://127.0.0.1:9/\udc80"})
+                    try:
+                        answer = http.post(SUBMIT, content=raw, headers={**headers, "content-type": "application/json"})
+                    except httpx.HTTPError as exc:
+                        answers[f"hostile {type(exc).__name__}"] += 1
+                        continue
+                    with lock:
+                        answers[f"hostile HTTP {answer.status_code} code {answer.json().get('code')}"] += 1
+                        hostile["refused" if answer.json().get("code") == 1003 else "accepted"] += 1
+                    continue
+                if roll < 0.2:
+                    hook = receivers.dead_url()
+                elif roll < 0.45:
+                    hook = receivers.drip_url()
+                else:
+                    hook = receivers.fast_url(client_id)
                 try:
+                    sent = time.perf_counter()
                     answer = http.post(SUBMIT, json={**body, "webhookUrl": hook}, headers=headers)
                 except httpx.HTTPError as exc:
                     answers[f"submit {type(exc).__name__}"] += 1
                     continue
                 with lock:
+                    submit_seconds.append(time.perf_counter() - sent)
                     answers[f"submit HTTP {answer.status_code} code {answer.json().get('code')}"] += 1
                 if answer.json().get("code") != 1000:
                     time.sleep(0.5)
@@ -304,6 +335,14 @@ def run(
         "duplicated_status3_notices": duplicated_notices,
         "jobs_per_second": round(statuses.get(3, 0) / elapsed, 2),
         "submit_answers": dict(answers),
+        "answers_5xx": sum(n for answer, n in answers.items() if " HTTP 5" in answer),
+        "hostile_submits": dict(hostile),
+        "submit_ms": {
+            "p50": round(1000 * statistics.median(submit_seconds), 1) if submit_seconds else None,
+            "p99": round(1000 * sorted(submit_seconds)[int(0.99 * (len(submit_seconds) - 1))], 1)
+            if submit_seconds
+            else None,
+        },
         "fast_notice_latency_s": {
             "p50": round(statistics.median(latencies), 2) if latencies else None,
             "p99": round(sorted(latencies)[int(0.99 * (len(latencies) - 1))], 2) if latencies else None,
@@ -315,6 +354,10 @@ def run(
     print(f"soak: {result['seconds']} s, {args.clients} clients, {len(kills)} render workers killed")
     print(f"  jobs submitted {result['submitted']}, completed {result['completed']}, failed {result['failed']}")
     print(f"  lost {result['lost']}, duplicated ids {duplicated_ids}, duplicated status-3 notices {duplicated_notices}")
+    print(
+        f"  answers with a 5xx {result['answers_5xx']}; hostile submits {dict(hostile)};"
+        f" submit p50/p99 {result['submit_ms']['p50']} / {result['submit_ms']['p99']} ms"
+    )
     print(f"  {result['jobs_per_second']} jobs/s; fast receiver's status-3 notice p50/p99 after submit:"
           f" {result['fast_notice_latency_s']['p50']} / {result['fast_notice_latency_s']['p99']} s")  # fmt: skip
     if reasons:
@@ -330,7 +373,8 @@ def run(
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if result["lost"] == 0 and duplicated_ids == 0 and duplicated_notices == 0 else 1
+    clean = result["lost"] == 0 and duplicated_ids == 0 and duplicated_notices == 0 and result["answers_5xx"] == 0
+    return 0 if clean and not hostile.get("accepted") else 1
 
 
 if __name__ == "__main__":
