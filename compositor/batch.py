@@ -4,24 +4,35 @@ per item.
 
 The input is streamed and at most a few items per worker are in flight, so
 memory stays flat however long the input is: a million-line file costs what
-a ten-line one does, plus the ids seen (to refuse a duplicate). The workers
-read the sources and render; the answers (PNG bytes, or why not) come back
-here and are written by this process alone, so an item is written exactly
-once even when a lost Dask worker's task runs again elsewhere.
+a ten-line one does, plus the ids seen (to refuse a duplicate). An item is
+at most MAX_ITEM_BYTES (a line, or a file of a folder; the cap of a single
+body's `render`): a longer one fails alone (1003 on `body`), read in bounded
+chunks and never held. The workers read the sources and render; the answers
+(PNG bytes, or why not) come back here and are written by this process
+alone, so an item is written exactly once even when a lost Dask worker's
+task runs again elsewhere.
+
+A cluster that goes away is waited for, up to RECONNECT_PATIENCE_S: the
+items it dropped run again once it is back; past that, the batch stops
+(exit 2) and `--resume` carries on. An output that cannot be written (a full
+disk) stops it the same way, in one line; what was written stays, whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
+from compositor import text
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
 from compositor.files import write_atomically
 from compositor.sourcemap import SourceMap
@@ -29,6 +40,12 @@ from compositor.sourcemap import SourceMap
 REPORT_NAME = "report.jsonl"
 IN_FLIGHT_PER_WORKER = 2  # enough to keep a worker busy while its last answer travels back
 ATTEMPTS = 2  # a local item whose worker died is run once more
+# An item's most bytes: a JSONL line or a folder's file. The same cap as a single body's `render`
+# (cli.MAX_BODY_BYTES): a body is a few hundred bytes, data: URIs make it megabytes.
+MAX_ITEM_BYTES = 256 * 1024 * 1024
+READ_CHUNK = 1024 * 1024  # the input is read this much at a time: a line over the cap is skipped, never held
+# How long a batch waits for a cluster that went away (the executor reconnects meanwhile) before it stops.
+RECONNECT_PATIENCE_S = 60.0
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
@@ -71,6 +88,13 @@ class BatchInputError(Exception):
     """The input cannot be read at all; the message says why, in one line."""
 
 
+class BatchOutputError(Exception):
+    """An output (a result, the report) cannot be written: the batch stops; the message says which, in one line."""
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+
+
 # --- reading the input ----------------------------------------------------------
 
 
@@ -79,7 +103,7 @@ def count_items(source: Path) -> int:
     if source.is_dir():
         return sum(1 for _ in source.glob("*.json"))
     with _open(source) as lines:
-        return sum(1 for line in lines if line.strip())
+        return sum(1 for line in _lines(lines, keep=False) if line != b"")
 
 
 def read_items(source: Path) -> Iterator[Item]:
@@ -100,26 +124,66 @@ def read_items(source: Path) -> Iterator[Item]:
         yield item
 
 
-def _open(source: Path) -> IO[str]:
+def _open(source: Path) -> BinaryIO:
     try:
-        return source.open(encoding="utf-8", errors="surrogateescape")
+        return source.open("rb")
     except OSError as exc:
         raise BatchInputError(f"cannot read {source}: {exc.strerror or exc}") from None
+
+
+def _lines(file: BinaryIO, *, keep: bool = True) -> Iterator[bytes | None]:
+    """Each line's bytes (its newline left on), read READ_CHUNK at a time;
+    None for a line over MAX_ITEM_BYTES, which is read through and dropped,
+    never held. With `keep` false (counting), a line is only b"" if it is
+    blank, else b"-": nothing is held."""
+    cap = MAX_ITEM_BYTES
+    while chunk := file.readline(READ_CHUNK):
+        size, blank = len(chunk), chunk.isspace()
+        held = [chunk] if keep else []
+        while not chunk.endswith(b"\n"):
+            chunk = file.readline(READ_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            blank = blank and chunk.isspace()
+            if size - chunk.endswith(b"\n") > cap:
+                held = []  # over the cap: the rest is read through, not kept
+            elif keep:
+                held.append(chunk)
+        if size - chunk.endswith(b"\n") > cap:
+            yield None
+        elif not keep:
+            yield b"" if blank else b"-"
+        else:
+            if len(held) > 1:
+                held[:] = [b"".join(held)]
+            yield held.pop()  # handed over, not kept here: the reader frees it when it is parsed
 
 
 def _jsonl_items(source: Path) -> Iterator[Item]:
     base = str(source.resolve().parent)
     with _open(source) as lines:
         number = 0
-        for line in lines:
-            if not line.strip():
+        for raw in _lines(lines):
+            if raw is not None and raw.isspace():
                 continue
             number += 1
             default_id = f"{number:06d}"
+            if raw is None:
+                yield Item(default_id, None, base, _problem("body", f"is larger than {MAX_ITEM_BYTES} bytes"))
+                continue
+            line = raw.decode("utf-8", "surrogateescape")
+            del raw
             try:
                 value = json.loads(line)
             except (ValueError, RecursionError) as exc:
                 yield Item(default_id, None, base, _problem("body", f"is not valid JSON: {str(exc)[:200]}"))
+                continue
+            finally:
+                del line
+            bad_text = text.unencodable_field(value)
+            if bad_text is not None:  # bytes that are not UTF-8, or the escape of a lone surrogate
+                yield Item(default_id, None, base, _problem(bad_text, text.MESSAGE))
                 continue
             if isinstance(value, dict) and set(value) == {"id", "body"}:
                 item_id = value["id"] if isinstance(value["id"], str) else repr(value["id"])
@@ -132,13 +196,20 @@ def _folder_items(source: Path) -> Iterator[Item]:
     base = str(source.resolve())
     for path in sorted(source.glob("*.json")):
         try:
-            body = json.loads(path.read_text(encoding="utf-8"))
+            with path.open("rb") as file:
+                raw = file.read(MAX_ITEM_BYTES + 1)
+            if len(raw) > MAX_ITEM_BYTES:
+                yield Item(path.stem, None, base, _problem("body", f"is larger than {MAX_ITEM_BYTES} bytes"))
+                continue
+            body = json.loads(raw.decode("utf-8"))
         except OSError as exc:
             yield Item(path.stem, None, base, _problem("body", f"cannot be read ({exc.strerror or exc})"))
         except (ValueError, RecursionError) as exc:
             yield Item(path.stem, None, base, _problem("body", f"is not valid JSON: {str(exc)[:200]}"))
         else:
-            yield Item(path.stem, body, base)
+            bad_text = text.unencodable_field(body)
+            problem = _problem(bad_text, text.MESSAGE) if bad_text is not None else None
+            yield Item(path.stem, None if problem else body, base, problem)
 
 
 def _problem(field_name: str, message: str) -> dict[str, str]:
@@ -203,30 +274,52 @@ class BatchRun:
     resume: bool = False
     progress: Any = None  # a Progress, or None for silence
     summary: BatchSummary = field(default_factory=BatchSummary)
+    # Items the executor dropped (its cluster went away), to run again once it is back.
+    _dropped: deque[_Pending] = field(default_factory=deque, init=False)
+    _away_since: float | None = field(default=None, init=False)  # when the first was dropped (None: all answer)
+    _away_reason: str = field(default="", init=False)
 
     def run(self, items: Iterator[Item]) -> BatchSummary:
         report_path = self.outdir / REPORT_NAME
-        with report_path.open("a" if self.resume else "w", encoding="utf-8") as report:
-            self._report = report
-            in_flight: dict[Future[ItemOutcome], _Pending] = {}
+        in_flight: dict[Future[ItemOutcome], _Pending] = {}
+        try:
+            if self.resume:
+                _drop_partial_line(report_path)
+            self._report = report_path.open("a" if self.resume else "w", encoding="utf-8")
+        except OSError as exc:
+            self.summary.stopped_by = str(BatchOutputError(report_path, exc))
+            if self.progress is not None:
+                self.progress.close()
+            return self.summary
+        try:
+            self._pump(items, in_flight)
+        except KeyboardInterrupt:
+            self.summary.stopped_by = "interrupted"
+        except (ExecutorUnavailable, BatchOutputError) as exc:
+            self.summary.stopped_by = str(exc)
+        finally:
+            for future in in_flight:
+                future.cancel()
+            # the rest of the input is not read: a stop is at once
+            self.summary.not_run += len(in_flight) + len(self._dropped)
             try:
-                self._pump(items, in_flight)
-            except KeyboardInterrupt:
-                self.summary.stopped_by = "interrupted"
-            except ExecutorUnavailable as exc:
-                self.summary.stopped_by = str(exc)
-            finally:
-                for future in in_flight:
-                    future.cancel()
-                self.summary.not_run += len(in_flight)  # the rest of the input is not read: a stop is at once
-                if self.progress is not None:
-                    self.progress.close()
+                self._report.close()
+            except OSError as exc:  # a line that could not be flushed: --resume drops what is left of it
+                if self.summary.stopped_by is None:
+                    self.summary.stopped_by = str(BatchOutputError(report_path, exc))
+            if self.progress is not None:
+                self.progress.close()
         return self.summary
 
     def _pump(self, items: Iterator[Item], in_flight: dict[Future[ItemOutcome], _Pending]) -> None:
         exhausted = False
-        while not exhausted or in_flight:
+        while not exhausted or in_flight or self._dropped:
+            if self._dropped:
+                self._wait_for_executor()
             window = IN_FLIGHT_PER_WORKER * max(1, self.executor.capacity)
+            while self._dropped and len(in_flight) < window:
+                pending = self._dropped.popleft()
+                in_flight[self._submit(pending.item)] = pending
             while not exhausted and len(in_flight) < window:
                 item = next(items, None)
                 if item is None:
@@ -243,6 +336,21 @@ class BatchRun:
             for future in done:
                 self._settle(future, in_flight.pop(future), in_flight)
 
+    def _wait_for_executor(self) -> None:
+        """Items were dropped by a cluster that went away: wait until it takes
+        tasks again (it reconnects meanwhile, and says so), for what is left of
+        RECONNECT_PATIENCE_S since the first was dropped; then stop."""
+        if self._away_since is None:  # something answered since they were dropped: the patience counts from now
+            self._away_since = time.monotonic()
+        left = RECONNECT_PATIENCE_S - (time.monotonic() - self._away_since)
+        if left > 0:
+            time.sleep(min(1.0, left))  # a pause before they go again: a cluster that drops at once is not hammered
+            left = RECONNECT_PATIENCE_S - (time.monotonic() - self._away_since)
+        if left <= 0 or not self.executor.wait_until_available(left):
+            raise ExecutorUnavailable(
+                f"{self._away_reason}, and it did not come back within {RECONNECT_PATIENCE_S:.0f} s"
+            )
+
     def _submit(self, item: Item) -> Future[ItemOutcome]:
         return self.executor.submit(render_item, item.body, item.base_dir, self.source_map, self.model)
 
@@ -252,19 +360,31 @@ class BatchRun:
         item = pending.item
         try:
             outcome = future.result()
+        except ExecutorUnavailable as exc:  # nobody's fault: it runs again, uncharged, once the cluster is back
+            if self._away_since is None:
+                self._away_since = time.monotonic()
+            self._away_reason = str(exc)
+            self._dropped.append(pending)
+            return
         except WorkerDied as exc:
+            self._away_since = None
             if pending.attempts < ATTEMPTS:
                 in_flight[self._submit(item)] = _Pending(item, pending.attempts + 1)
             else:
                 self._record(item, "failed", 1206, [_problem("body", f"{exc}, {pending.attempts} times")], 0.0)
             return
         except WorkerError as exc:
+            self._away_since = None
             self._record(item, "failed", 1206, [_problem("body", f"the render failed: {exc}")], 0.0)
             return
+        self._away_since = None
         if outcome.png is None:
             self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds)
             return
-        write_atomically(self._output(item), outcome.png)
+        try:
+            write_atomically(self._output(item), outcome.png)
+        except OSError as exc:  # a full disk: the batch stops, what was written stays whole
+            raise BatchOutputError(self._output(item), exc) from None
         self._record(item, "done", outcome.code, [], outcome.seconds)
 
     def _output(self, item: Item) -> Path:
@@ -279,11 +399,39 @@ class BatchRun:
             "code": code,
             "errors": errors,
         }
-        self._report.write(json.dumps(line) + "\n")
-        self._report.flush()
+        try:
+            self._report.write(json.dumps(line) + "\n")
+            self._report.flush()
+        except OSError as exc:
+            raise BatchOutputError(self.outdir / REPORT_NAME, exc) from None
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         if self.progress is not None:
             self.progress.advance(status)
+
+
+def _drop_partial_line(report: Path) -> None:
+    """A report whose last line was cut (a kill, a full disk) loses that line,
+    so that what is appended starts a line of its own. The cut line's item is
+    not lost: its output exists (it is skipped, and said so) or it runs again."""
+    try:
+        file = report.open("r+b")
+    except FileNotFoundError:
+        return
+    with file:
+        end = file.seek(0, os.SEEK_END)
+        keep = end
+        while keep > 0:
+            start = max(0, keep - READ_CHUNK)
+            file.seek(start)
+            block = file.read(keep - start)
+            if keep == end and block.endswith(b"\n"):
+                return  # whole: nothing to drop
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            keep = start
+        file.truncate(keep)
 
 
 class Progress:

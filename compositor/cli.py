@@ -675,6 +675,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     except ExecutorUnavailable as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    if args.scheduler:  # Dask's own INFO lines (set when it was imported; a lost connection's traceback among them)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     run = BatchRun(
         args.output, executor, source_map=source_map, model=args.model, resume=args.resume, progress=Progress(total)
     )

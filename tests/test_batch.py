@@ -4,9 +4,11 @@ and a scheduler and workers started from the command line, one of them killed)."
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -161,6 +163,41 @@ def test_ctrl_c_stops_cleanly_and_resume_carries_on(tmp_path: Path) -> None:
     assert len(list(out.glob("*.png"))) == 40
 
 
+def vm_hwm_kib(pid: int) -> int | None:
+    """The process's VmHWM in KiB; None once it has exited (a zombie's status has no memory lines)."""
+    found = re.search(r"^VmHWM:\s*(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    return int(found[1]) if found else None
+
+
+def peak_rss_kib(process: subprocess.Popen[Any]) -> int:
+    """The child's peak RSS, read until it ends: its own high-water mark since exec (ru_maxrss would carry
+    the high-water mark of this large test process, from which it was forked). Read only while it is
+    unreaped, so the pid is still its own."""
+    peak_kib = 0
+    while process.poll() is None:
+        with contextlib.suppress(OSError, ValueError):
+            peak_kib = max(peak_kib, vm_hwm_kib(process.pid) or 0)
+        time.sleep(0.05)
+    return peak_kib
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_the_peak_of_a_child_that_exited_unreaped_is_its_last_reading() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 60
+        while process_state(child.pid) != "Z":  # exited, not yet reaped: the window issue 19 fell into
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)
+        assert vm_hwm_kib(child.pid) is None
+        assert peak_rss_kib(child) == 0 and child.returncode == 0
+    finally:
+        child.wait(10)
+
+
 def test_ten_thousand_tiny_bodies_run_in_bounded_memory(tmp_path: Path) -> None:
     tiny = {
         "canvas_size": "4x4",
@@ -176,14 +213,7 @@ def test_ten_thousand_tiny_bodies_run_in_bounded_memory(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    # VmHWM, read until the client ends: its own high-water mark since exec (ru_maxrss would carry the
-    # high-water mark of this large test process, from which it was forked).
-    peak_kib = 0
-    while process.poll() is None:
-        with contextlib.suppress(OSError, ValueError):
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            peak_kib = max(peak_kib, int(status.split("VmHWM:")[1].split()[0]))
-        time.sleep(0.05)
+    peak_kib = peak_rss_kib(process)
     assert process.returncode == 0
     assert len(report(tmp_path / "out")) == 10_000
     # The client holds a few items at a time: its peak is the interpreter and its imports, not the input.
@@ -203,6 +233,156 @@ def test_an_unwritable_outdir_is_exit_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     done = batch(str(source), "-o", str(tmp_path / "file" / "out"))
     assert done.returncode == 2 and "cannot write" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_full_output_disk_stops_with_one_line_and_keeps_what_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import compositor.batch
+
+    written: list[Path] = []
+    real_write = compositor.batch.write_atomically
+
+    def write_until_full(target: Path, data: bytes) -> None:
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() on a full disk raises it
+        real_write(target, data)
+        written.append(target)
+
+    monkeypatch.setattr(compositor.batch, "write_atomically", write_until_full)
+    source = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(6)])
+    out = tmp_path / "out"
+    assert main(["batch", str(source), "-o", str(out), "--workers", "1"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("compositor:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "--resume" in errors[0], errors
+    assert f"cannot write {out / '000003.png'}" in errors[0]
+    assert {line["id"] for line in report(out) if line["status"] == "done"} == {p.stem for p in written}
+    assert sorted(p.name for p in out.glob("*.png")) == ["000001.png", "000002.png"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_batch_onto_a_full_tmpfs_is_exit_2_with_one_line(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [body(i, side=512) for i in range(20)])
+    with small_tmpfs(tmp_path / "disk", "1m") as out:
+        done = batch(str(source), "-o", str(out), "--workers", "1")
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("compositor:")]
+        assert len(errors) == 1 and f"cannot write {out}" in errors[0] and "No space left on device" in errors[0]
+        whole = [line for line in report(out) if line["status"] == "done"]
+        assert whole and len(whole) < 20
+        for line in whole:
+            Image.open(line["output"]).load()  # what was written stays, whole
+
+
+def test_resume_after_a_report_cut_mid_line_starts_on_a_fresh_line(tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(3)])
+    out = tmp_path / "out"
+    assert batch(str(source), "-o", str(out)).returncode == 0
+    first = report(out)
+    cut = first[-1]["id"]
+    text = (out / "report.jsonl").read_text()
+    (out / "report.jsonl").write_text(text[:-25])  # the last line cut, as a kill or a full disk leaves it
+    (out / f"{cut}.png").unlink()
+    done = batch(str(source), "-o", str(out), "--resume")
+    assert done.returncode == 0, done.stderr
+    lines = report(out)  # every line is whole JSON: the cut one is gone, the new ones start a line each
+    assert lines[:2] == first[:2]
+    assert sorted((line["id"], line["status"]) for line in lines[2:]) == sorted(
+        (item, "done" if item == cut else "skipped") for item in ("000001", "000002", "000003")
+    )
+
+
+def test_the_batch_line_cap_is_the_single_body_cap() -> None:
+    from compositor import batch as batch_module
+    from compositor import cli
+
+    assert batch_module.MAX_ITEM_BYTES == cli.MAX_BODY_BYTES
+
+
+def test_a_line_over_the_cap_fails_alone_naming_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import compositor.batch
+
+    monkeypatch.setattr(compositor.batch, "MAX_ITEM_BYTES", 4096)
+    padded = body(2, template_url="x" * 5000)  # valid JSON, 5 KB: over the (lowered) cap
+    source = write_jsonl(tmp_path / "in.jsonl", [body(1), padded, "", body(3)])
+    out = tmp_path / "out"
+    assert main(["batch", str(source), "-o", str(out), "--workers", "1"]) == 1
+    by_id = {line["id"]: line for line in report(out)}
+    assert by_id["000002"]["status"] == "failed" and by_id["000002"]["code"] == 1003
+    assert by_id["000002"]["errors"] == [{"field": "body", "message": "is larger than 4096 bytes"}]
+    assert by_id["000001"]["status"] == by_id["000003"]["status"] == "done"
+
+
+def test_a_line_over_the_cap_is_read_without_holding_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tracemalloc
+
+    import compositor.batch
+
+    monkeypatch.setattr(compositor.batch, "MAX_ITEM_BYTES", 1 << 20)
+    source = tmp_path / "in.jsonl"
+    with source.open("w") as sink:
+        sink.write(json.dumps(body(1)) + "\n")
+        sink.write(json.dumps(body(2, template_url="x" * (24 << 20))) + "\n")  # 24 MB, valid JSON
+        sink.write(json.dumps(body(3)) + "\n")
+    tracemalloc.start()
+    try:
+        total = compositor.batch.count_items(source)
+        items = [(item.id, item.problem) for item in compositor.batch.read_items(source)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 3
+    assert items == [
+        ("000001", None),
+        ("000002", {"field": "body", "message": f"is larger than {1 << 20} bytes"}),
+        ("000003", None),
+    ]
+    assert peak < 8 << 20, f"reading held {peak / 2**20:.0f} MiB"  # bounded chunks, never the 24 MB line
+
+
+def test_an_answer_after_a_drop_restarts_the_wait_for_the_cluster(tmp_path: Path) -> None:
+    """Two answers of one round, settled in either order: an item dropped by a cluster that went
+    away, then another's result (sent before it went). The dropped one waits, then runs again."""
+    from concurrent.futures import Future
+
+    from compositor.batch import BatchRun, Item, ItemOutcome, _Pending
+    from compositor.executors import ExecutorUnavailable
+
+    class Cluster:  # back at once
+        capacity = 1
+
+        def submit(self, fn: Any, *args: Any) -> Future[Any]:
+            raise AssertionError("not submitted here")
+
+        def wait_until_available(self, timeout: float) -> bool:
+            return True
+
+        def shutdown(self) -> None:
+            pass
+
+    run = BatchRun(tmp_path, Cluster())
+    run._report = io.StringIO()
+    dropped: Future[ItemOutcome] = Future()
+    dropped.set_exception(ExecutorUnavailable("the Dask cluster dropped the task (gone)"))
+    answered: Future[ItemOutcome] = Future()
+    answered.set_result(ItemOutcome(None, 1108, [{"field": "origin_img", "message": "unreadable"}], 0.1))
+    run._settle(dropped, _Pending(Item("a", {}, str(tmp_path))), {})
+    run._settle(answered, _Pending(Item("b", {}, str(tmp_path))), {})
+    run._wait_for_executor()  # the cluster is back: no stop
+    assert [pending.item.id for pending in run._dropped] == ["a"]
 
 
 def free_port() -> int:
@@ -269,32 +449,57 @@ def test_each_worker_loads_its_model_once(tmp_path: Path, local_cluster: Any) ->
     assert sum(counts.get("u2netp", 0) for counts in per_worker.values()) >= 1
 
 
+def start_scheduler(port: int) -> subprocess.Popen[bytes]:
+    """`dask scheduler` on loopback, as a user starts it (its own process group, for a kill -9)."""
+    return subprocess.Popen(
+        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def start_workers(address: str, workers: int) -> list[subprocess.Popen[bytes]]:
+    """`dask worker` processes (one thread, no nanny), once the scheduler has them all."""
+    started = [
+        subprocess.Popen(
+            [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(workers)
+    ]
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=60)
+    except BaseException:
+        kill_all(started)
+        raise
+    return started
+
+
+def kill_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
 @contextlib.contextmanager
 def cli_cluster(workers: int) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """`dask scheduler` and `dask worker` processes, started as a user would."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
-    scheduler = subprocess.Popen(
-        [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet
-    )
-    started = [
-        subprocess.Popen(
-            [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard"], **quiet
-        )
-        for _ in range(workers)
-    ]
+    started = [start_scheduler(port)]
     try:
-        from distributed import Client
-
-        with Client(address, timeout=30) as client:
-            client.wait_for_workers(workers, timeout=60)
-        yield address, started
+        workers_started = start_workers(address, workers)
+        started += workers_started
+        yield address, workers_started
     finally:
-        for process in [*started, scheduler]:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+        kill_all(started)
 
 
 def test_a_worker_killed_mid_batch_loses_nothing(tmp_path: Path) -> None:
@@ -379,3 +584,20 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal() -> None:
     progress.close()
     lines = stream.getvalue().splitlines()
     assert lines[-1].startswith("batch: 3/3, 1 done, 1 failed, 1 skipped")
+
+
+def test_a_line_with_text_that_is_not_unicode_fails_alone_naming_its_field(tmp_path: Path) -> None:
+    from compositor import text
+    from compositor.batch import read_items
+
+    source = tmp_path / "bodies.jsonl"
+    good = json.dumps({"canvas_size": "8x8"})
+    hostile = json.dumps({"canvas_size": "8x8", "webhookUrl": "http://x/\udc80"})
+    source.write_bytes(b"\n".join([good.encode(), hostile.encode(), b'{"canvas_size": "caf\xe9"}', good.encode()]))
+    items = list(read_items(source))
+    assert [item.problem for item in items] == [
+        None,
+        {"field": "webhookUrl", "message": text.MESSAGE},
+        {"field": "canvas_size", "message": text.MESSAGE},
+        None,
+    ]
