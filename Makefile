@@ -59,7 +59,7 @@ bench-setup: $(STAMP)
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq imagemagick time)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 
-# Speed against the peers, then a 5-minute soak of the mirror with faults (about 25 minutes on 2 cores): ratio tables on stdout,
+# Speed against the peers, the outbox against a dead receiver's backlog, then a 5-minute soak of the mirror with faults (about 27 minutes on 2 cores): ratio tables on stdout,
 # benchmarks/results/*.json, plots in docs/.
 bench: models-all bench-setup
 	$(BIN)/python benchmarks/bench_removebg.py --json benchmarks/results/removebg.json --picture docs/removebg-models.png
@@ -67,4 +67,5 @@ bench: models-all bench-setup
 	$(BIN)/python benchmarks/bench_png.py --json benchmarks/results/png.json
 	$(BIN)/python benchmarks/bench_batch.py --json benchmarks/results/batch.json
 	$(BIN)/python benchmarks/bench_server.py --json benchmarks/results/server.json
+	$(BIN)/python benchmarks/bench_outbox.py --json benchmarks/results/outbox.json
 	$(BIN)/python benchmarks/bench_soak.py --json benchmarks/results/soak.json
