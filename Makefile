@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXAMPLES_OUT ?= out/examples
 
-.PHONY: setup model models-all serve examples test lint browser bench bench-setup
+.PHONY: setup model models-all serve examples test lint browser bench bench-setup docs
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ browser:
 test: models-all lint browser
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+# The documentation site on http://127.0.0.1:8000, rebuilt as its sources change (make test builds it with
+# warnings as errors, in tests/test_docs_site.py).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 # The peers: Debian's ImageMagick 6 and GNU time (per-process peak RSS), pyvips and matplotlib from PyPI.
 bench-setup: $(STAMP)

@@ -245,9 +245,27 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     from compositor.request import Limits
 
     defaults = Limits()
-    parser.add_argument("--max-canvas-side", type=int, default=defaults.max_canvas_side, metavar="PX")
-    parser.add_argument("--max-canvas-pixels", type=int, default=defaults.max_canvas_pixels, metavar="PX")
-    parser.add_argument("--max-layer-side", type=int, default=defaults.max_layer_side, metavar="PX")
+    parser.add_argument(
+        "--max-canvas-side",
+        type=int,
+        default=defaults.max_canvas_side,
+        metavar="PX",
+        help="refuse (1003) a canvas_size wider or taller than this",
+    )
+    parser.add_argument(
+        "--max-canvas-pixels",
+        type=int,
+        default=defaults.max_canvas_pixels,
+        metavar="PX",
+        help="refuse (1003) a canvas_size of more pixels than this",
+    )
+    parser.add_argument(
+        "--max-layer-side",
+        type=int,
+        default=defaults.max_layer_side,
+        metavar="PX",
+        help="refuse (1003) a modify_*_size wider or taller than this",
+    )
 
 
 def _limits(args: argparse.Namespace) -> Any:
