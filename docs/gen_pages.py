@@ -4,6 +4,8 @@ cannot drift from what they describe:
 - reference/commands.md, from the command-line parser itself
   (`compositor.cli._build_parser`): every command, its usage and every option
   with its help and default;
+- reference/settings.md, from the mirror's one table of settings
+  (`compositor.mirror.settings.SETTINGS`): flag, variable, config key, default;
 - performance.md, from the benchmarks' result files
   (`benchmarks/results/*.json`, written by `make bench`): no figure is copied
   by hand.
@@ -20,6 +22,7 @@ from typing import Any
 import mkdocs_gen_files
 
 from compositor.cli import _build_parser
+from compositor.mirror.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -73,6 +76,26 @@ def commands_page() -> str:
         lines += ["```text", sub.format_usage().strip(), "```", ""]
         lines += [*_options(sub), ""]
     return "\n".join(lines)
+
+
+def settings_page() -> str:
+    lines = [
+        "# Settings of `compositor serve`",
+        "",
+        "Generated from the mirror's one table of settings (`compositor/mirror/settings.py`), which the server"
+        " reads them through. Each is taken from its flag, else its variable, else the config file"
+        " (`--config FILE`, TOML), else its default.",
+        "",
+        "| setting | flag | variable | in the config file | default | what it does |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in SETTINGS:
+        flag = f"`{setting.flag}`" if setting.flag else ""
+        env = f"`{setting.env}`" if setting.env else ""
+        key = f"`{setting.key}`" if setting.in_file else ""
+        help_text = setting.help + ("" if setting.commands == "serve" else f" (read by {setting.commands})")
+        lines.append(f"| {setting.key} | {flag} | {env} | {key} | {_cell(setting.default)} | {_cell(help_text)} |")
+    return "\n".join([*lines, ""])
 
 
 # --- performance ---------------------------------------------------------------------------------------------------
@@ -166,5 +189,7 @@ def performance_page() -> str:
 
 with mkdocs_gen_files.open("reference/commands.md", "w") as page:
     page.write(commands_page())
+with mkdocs_gen_files.open("reference/settings.md", "w") as page:
+    page.write(settings_page())
 with mkdocs_gen_files.open("performance.md", "w") as page:
     page.write(performance_page())

@@ -77,3 +77,42 @@ def test_no_page_loads_anything_from_another_host(site: Path) -> None:
     for page in site.rglob("*.html"):
         for tag in re.findall(r"<(?:script|link|img)\b[^>]*>", page.read_text()):
             assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", tag), (page, tag)
+
+
+def test_every_serve_flag_is_a_setting_and_every_setting_flag_is_served() -> None:
+    from compositor.mirror.settings import SETTINGS
+
+    serve = next(sub for prog, sub in _commands(_build_parser()) if prog == "compositor serve")
+    flags = {name for action in serve._actions for name in action.option_strings if name.startswith("--")}
+    flags.discard("--help")
+    served = {s.flag for s in SETTINGS if s.flag and "serve" in [c.strip() for c in s.commands.split(",")]}
+    assert flags == served
+
+
+def test_every_variable_and_config_key_the_code_reads_is_a_setting() -> None:
+    import re
+
+    from compositor.mirror.settings import SETTINGS
+
+    source = "\n".join(path.read_text() for path in (REPO / "compositor").rglob("*.py"))
+    variables = set(re.findall(r"COMPOSITOR_[A-Z][A-Z_]*", source))
+    assert variables <= {s.env for s in SETTINGS if s.env}, variables - {s.env for s in SETTINGS}
+    config = (REPO / "compositor" / "mirror" / "config.py").read_text()
+    keys = set(re.findall(r'file\.get\("([a-z_]+)"', config)) - {"client"}
+    assert keys <= {s.key for s in SETTINGS if s.in_file}, keys - {s.key for s in SETTINGS}
+
+
+def test_the_settings_page_names_every_setting(site: Path) -> None:
+    from compositor.mirror.settings import SETTINGS
+
+    page = (site / "reference" / "settings" / "index.html").read_text()
+    for setting in SETTINGS:
+        assert setting.key in page and (setting.env or "") in page and (setting.flag or "") in page
+
+
+def _commands(parser: argparse.ArgumentParser, prog: str = "compositor"):  # type: ignore[no-untyped-def]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prog} {name}", sub
+                yield from _commands(sub, f"{prog} {name}")

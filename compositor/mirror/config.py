@@ -17,6 +17,7 @@ from compositor.budget import MB
 from compositor.mirror.controls import ControlInputError, load_scenario
 from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
+from compositor.mirror.settings import BY_KEY
 from compositor.mirror.webhooks import RetryPolicy
 from compositor.models import model_names
 from compositor.outbound import is_loopback_name
@@ -72,42 +73,44 @@ def _flag(value: object) -> bool:
 def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeConfig:
     environ = dict(os.environ) if environ is None else environ
     _refuse_invalid_text(flags, environ)
-    config_path = flags.get("config") or environ.get("COMPOSITOR_CONFIG")
+    config_path = flags.get("config") or environ.get(_env("config"))
     file = _read_config_file(Path(config_path)) if config_path else {}
 
-    def pick(name: str, env: str, default: Any, convert: Any = str) -> Any:
+    def pick(name: str, default: Any, convert: Any = str) -> Any:
+        """A setting (`settings.py`): its flag, else its variable, else the config file, else `default`."""
+        env = _env(name)
         if flags.get(name) is not None:
             return flags[name]
         if env in environ:
             return convert(environ[env])
         return file.get(name, default)
 
-    host = pick("host", "COMPOSITOR_HOST", "127.0.0.1")
-    port = int(pick("port", "COMPOSITOR_PORT", DEFAULT_PORT, int))
-    data_dir = Path(pick("data_dir", "COMPOSITOR_DATA_DIR", "data"))
-    workers = int(pick("workers", "COMPOSITOR_WORKERS", os.cpu_count() or 1, int))
-    ttl = float(pick("result_ttl", "COMPOSITOR_RESULT_TTL", 7 * 24 * 3600, float))
-    public_url = pick("public_url", "COMPOSITOR_PUBLIC_URL", None)
-    roots = flags.get("allow_file_root") or [p for p in environ.get("COMPOSITOR_FILE_ROOTS", "").split(":") if p]
+    host = pick("host", "127.0.0.1")
+    port = int(pick("port", DEFAULT_PORT, int))
+    data_dir = Path(pick("data_dir", "data"))
+    workers = int(pick("workers", os.cpu_count() or 1, int))
+    ttl = float(pick("result_ttl", 7 * 24 * 3600, float))
+    public_url = pick("public_url", None)
+    roots = flags.get("allow_file_root") or [p for p in environ.get(_env("allow_file_roots"), "").split(":") if p]
     roots = roots or file.get("allow_file_roots", [])
     # Sources and webhooks on loopback or private addresses: only this machine
     # can call a loopback-bound server, so there they are its user's own.
-    allow_private = _flag(pick("allow_private_networks", "COMPOSITOR_ALLOW_PRIVATE_NETWORKS", is_loopback_name(host)))
-    budget_mb = float(pick("memory_budget_mb", "COMPOSITOR_MEMORY_BUDGET_MB", 2048, float))
+    allow_private = _flag(pick("allow_private_networks", is_loopback_name(host)))
+    budget_mb = float(pick("memory_budget_mb", 2048, float))
     if not math.isfinite(budget_mb) or budget_mb < 0:
         raise ConfigError(f"the memory budget must be a number of MB, 0 or more, not {budget_mb}")
     if not 0 < port < 65536:
         raise ConfigError(f"the port must be from 1 to 65535, not {port}")
     page_hosts = tuple(flags.get("page_host") or file.get("page_hosts", []))
-    map_path = pick("source_map", "COMPOSITOR_SOURCE_MAP", None)
+    map_path = pick("source_map", None)
     try:
         source_map = load_source_map(Path(map_path)) if map_path else SourceMap()
     except SourceMapError as exc:
         raise ConfigError(str(exc)) from None
 
     clients = [parse_client(c) for c in flags.get("client") or []]
-    if not clients and environ.get("COMPOSITOR_CLIENTS"):
-        clients = [parse_client(c, "COMPOSITOR_CLIENTS") for c in environ["COMPOSITOR_CLIENTS"].split(",") if c]
+    if not clients and environ.get(_env("client")):
+        clients = [parse_client(c, _env("client")) for c in environ[_env("client")].split(",") if c]
     if not clients:
         for entry in file.get("client", []):
             try:
@@ -138,14 +141,14 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
             if (FIXTURES / "source-map.json").is_file():
                 source_map = load_source_map(FIXTURES / "source-map.json").merged(source_map)
 
-    model = pick("model", "COMPOSITOR_MODEL", "u2netp")
+    model = pick("model", "u2netp")
     known_models = model_names()
     if model not in known_models:
         raise ConfigError(f"unknown removeBg model {model!r}; known: {', '.join(known_models)}")
-    admin_token = pick("admin_token", "COMPOSITOR_ADMIN_TOKEN", None) or None
+    admin_token = pick("admin_token", None) or None
     if admin_token is not None and len(admin_token) < 8:
         raise ConfigError("the admin token must be at least 8 characters")
-    scenario_path = pick("scenario", "COMPOSITOR_SCENARIO", None)
+    scenario_path = pick("scenario", None)
     try:
         scenario = load_scenario(Path(scenario_path)) if scenario_path else None
     except ControlInputError as exc:
@@ -168,7 +171,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         source_map=source_map,
         controls_open=is_loopback_name(host),
         model=model,
-        scheduler=pick("scheduler", "COMPOSITOR_SCHEDULER", None) or None,
+        scheduler=pick("scheduler", None) or None,
         admin_token=admin_token,
         scenario=scenario,
         body_limit=int(file.get("max_body_bytes", MB)),
@@ -181,6 +184,13 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         ),
     )
     return ServeConfig(host, port, settings, development, development_is_new)
+
+
+def _env(key: str) -> str:
+    """The COMPOSITOR_* variable of a setting, from its one definition."""
+    env = BY_KEY[key].env
+    assert env is not None, key
+    return env
 
 
 def _refuse_invalid_text(flags: dict[str, Any], environ: dict[str, str]) -> None:

@@ -1,0 +1,130 @@
+"""Every setting of the mirror, defined once: its flag, its environment
+variable, its config file key, its default and what it does. `config.load`
+reads each through this table (flags, then variables, then the file, then
+the default), the docs' settings page is generated from it, and a test fails
+when the code reads a setting that is not here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # the config file's key, and the name `config.load` knows it by
+    flag: str | None  # `compositor serve`'s flag, if it has one
+    env: str | None  # the COMPOSITOR_* variable, if it has one
+    default: str  # as a person reads it
+    help: str
+    in_file: bool = True  # whether the config file may set it
+    commands: str = "serve"  # the commands that read it
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("config", "--config", "COMPOSITOR_CONFIG", "none", "a TOML file holding any of the settings below", False),
+    Setting("host", "--host", "COMPOSITOR_HOST", "127.0.0.1", "the address to listen on"),
+    Setting("port", "--port", "COMPOSITOR_PORT", "8080", "the port to listen on"),
+    Setting("data_dir", "--data-dir", "COMPOSITOR_DATA_DIR", "data", "where jobs, results and uploads are kept"),
+    Setting(
+        "client",
+        "--client",
+        "COMPOSITOR_CLIENTS",
+        "a development client, on loopback only",
+        "the accounts: `ID:SECRET` (the flag repeated, or comma-separated in the variable); in the file,"
+        " `[[client]]` tables with `id`, `secret`, `banned`, `quota` (credits) and `rate_limit_per_minute`;"
+        " a secret is 16, 24 or 32 bytes (it is the webhooks' AES key)",
+    ),
+    Setting("workers", "--workers", "COMPOSITOR_WORKERS", "one per core", "render worker processes"),
+    Setting("result_ttl", "--result-ttl", "COMPOSITOR_RESULT_TTL", "604800 (7 days)", "seconds a result is kept"),
+    Setting(
+        "public_url",
+        "--public-url",
+        "COMPOSITOR_PUBLIC_URL",
+        "http://HOST:PORT",
+        "the base of the result URLs handed out (behind a proxy, its address)",
+    ),
+    Setting(
+        "allow_file_roots",
+        "--allow-file-root",
+        "COMPOSITOR_FILE_ROOTS",
+        "none (the checkout's fixtures in development mode)",
+        "folders whose files bodies may name as local paths or file:// URLs (the flag repeated,"
+        " colon-separated in the variable, a list in the file)",
+    ),
+    Setting(
+        "allow_private_networks",
+        "--allow-private-networks",
+        "COMPOSITOR_ALLOW_PRIVATE_NETWORKS",
+        "true while listening on loopback, else false",
+        "whether sources and webhooks may reach loopback, private and link-local addresses",
+    ),
+    Setting(
+        "memory_budget_mb",
+        "--memory-budget",
+        "COMPOSITOR_MEMORY_BUDGET_MB",
+        "2048",
+        "MB a job or preview may use, reserved from the image headers before decoding; 0 for none",
+    ),
+    Setting(
+        "page_hosts",
+        "--page-host",
+        None,
+        "loopback names only",
+        "host names (and origins) the preview page and an open control plane answer, beside loopback's",
+    ),
+    Setting(
+        "source_map",
+        "--source-map",
+        "COMPOSITOR_SOURCE_MAP",
+        "none (the fixtures' map in development mode)",
+        "a JSON file from URLs (or URL prefixes ending in /) to local files or folders, read instead of fetched",
+    ),
+    Setting("model", "--model", "COMPOSITOR_MODEL", "u2netp", "the removeBg model of every job"),
+    Setting(
+        "model_home",
+        "--model-home",
+        "COMPOSITOR_MODEL_HOME",
+        "the checkout's models/ folder",
+        "where models are fetched to and loaded from",
+        False,
+        "render, batch, models, serve (variable only)",
+    ),
+    Setting(
+        "admin_token",
+        "--admin-token",
+        "COMPOSITOR_ADMIN_TOKEN",
+        "none",
+        "the token the control plane (/_mirror/) then requires in x-mirror-admin; at least 8 characters",
+    ),
+    Setting(
+        "scenario",
+        "--scenario",
+        "COMPOSITOR_SCENARIO",
+        "none",
+        "a TOML file of fault rules and a job policy to start with (at most 1 MiB and 1,000 rules)",
+    ),
+    Setting(
+        "scheduler",
+        "--scheduler",
+        "COMPOSITOR_SCHEDULER",
+        "none (local processes)",
+        "a Dask scheduler's address: jobs render on that cluster",
+    ),
+    Setting("log_level", "--log-level", "COMPOSITOR_LOG_LEVEL", "info", "debug, info, warning or error", False),
+    Setting("log_format", "--log-format", "COMPOSITOR_LOG_FORMAT", "text", "text, or json (a line each)", False),
+    Setting("expiry_interval_s", None, None, "60", "seconds between looks for expired results"),
+    Setting("max_body_bytes", None, None, "1048576 (1 MiB)", "the cap on an API request's body (413 over it)"),
+    Setting("source_deadline_s", None, None, "30", "seconds for one whole source download, redirects included"),
+    Setting("webhook_attempts", None, None, "8", "attempts at one webhook notice before it is abandoned"),
+    Setting("webhook_first_delay_s", None, None, "1", "seconds before a notice's first retry (then doubling)"),
+    Setting(
+        "webhook_max_delay_s",
+        None,
+        None,
+        "60",
+        "the longest wait between retries, and between a failing receiver's lane's attempts",
+    ),
+    Setting("webhook_timeout_s", None, None, "10", "seconds for one whole delivery attempt"),
+)
+
+BY_KEY = {setting.key: setting for setting in SETTINGS}
