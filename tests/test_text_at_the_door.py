@@ -57,15 +57,16 @@ def test_a_lone_surrogate_key_is_1003_naming_it_and_spends_no_credit(tmp_path: P
 
 def test_the_page_validates_a_lone_surrogate_as_1003(tmp_path: Path) -> None:
     with in_process_mirror(tmp_path / "data") as (_, client):
-        answer = post(client, "/preview/validate", {"\ud800": 1, "canvas_size": "8x8"})
+        answer = post(client, "/preview/validate", body() | {"\ud800": 1})  # valid but for the key
         assert answer.status_code == 200 and answer.json()["code"] == 1003
+        assert answer.json()["msg"].startswith("\\ud800: ")
 
 
 @pytest.mark.parametrize(
     ("path", "payload", "field"),
     [
         ("/_mirror/faults", {"client_id": "x" + LONE, "code": 1003}, "client_id"),
-        ("/_mirror/faults", {"operation": LONE, "code": 1003}, "operation"),
+        ("/_mirror/faults", {"code": 1003, "x" + LONE: 1}, "x\\udc80"),
         ("/_mirror/jobs/policy", {"fail": LONE}, "fail"),
     ],
 )
