@@ -566,8 +566,63 @@ def _serve(args: argparse.Namespace) -> int:
         create_app(mirror), log_config=None, access_log=False, http=droppable_protocol(), proxy_headers=False
     )
     server = uvicorn.Server(app_config)
-    server.run(sockets=[listener])
+    logging.getLogger("uvicorn.error").addFilter(_quiet_shutdown)
+    with _signals_noted() as received:
+        server.run(sockets=[listener])
+        _end_workers()
+    import signal
+
+    why = f" ({signal.Signals(received[0]).name})" if received else ""
+    print(f"compositor mirror on {served.settings.public_base_url} stopped{why}", flush=True)
     return EXIT_OK
+
+
+# What uvicorn says while it stops, in four lines: `serve` says it in one, once it has stopped.
+_SHUTDOWN_LINES = frozenset(
+    {
+        "Shutting down",
+        "Waiting for application shutdown.",
+        "Application shutdown complete.",
+        "Finished server process [%d]",
+    }
+)
+
+
+def _quiet_shutdown(record: logging.LogRecord) -> bool:
+    return record.msg not in _SHUTDOWN_LINES
+
+
+@contextlib.contextmanager
+def _signals_noted() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM, noted (in the list yielded) instead of raised.
+    uvicorn stops on either, then raises it again once stopped, which with
+    Python's own handlers is a KeyboardInterrupt traceback (and an exit by
+    SIGTERM): a stop asked for is a clean exit, 0."""
+    import signal
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield received
+        return
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum)) for signum in stops}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _end_workers() -> None:
+    """No worker outlives the server: when it stopped at once (a second
+    Ctrl-C skips the application's shutdown), what is left is killed here,
+    not left to multiprocessing's exit, which would wait for a busy one."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+        child.join(timeout=5)
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -10,6 +10,10 @@ task runs again.
 
 Workers end with the process that started them: each watches its parent and
 exits when it is gone, so a server killed with -9 leaves no orphan renders.
+They leave stopping to it: a Ctrl-C in a terminal reaches every process of
+the group, and a worker ignores it (the parent, which got it too, stops its
+workers); a SIGTERM that arrives while a worker runs a task waits until the
+task's answer is sent. A pool that is shutting down replaces no worker.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -42,6 +48,10 @@ class WorkerError(Exception):
     """The task raised in the worker; the message names the exception."""
 
 
+class _Closed(Exception):
+    """A worker ended while the pool shuts down: it is not replaced."""
+
+
 def _watch_parent(parent: int) -> None:
     while True:
         time.sleep(PARENT_CHECK_S)
@@ -57,6 +67,10 @@ def _name_process(name: str) -> None:
 
 
 def _worker_main(tasks: Connection, parent: int, name: str, initializer: Callable[[], None] | None) -> None:
+    # SIGINT arrives blocked (the owning thread blocks it, and a child inherits its mask): a Ctrl-C during the
+    # start is dropped here, never a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _name_process(f"{name}-worker")
     threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True).start()
     if initializer is not None:
@@ -70,11 +84,15 @@ def _worker_main(tasks: Connection, parent: int, name: str, initializer: Callabl
             return
         fn, args = task
         tasks.send(("started", None))  # from here on, a death is this task's
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # a SIGTERM now ends us after the answer
         try:
             answer: tuple[str, Any] = ("ok", fn(*args))
         except BaseException as exc:  # the parent gets a message, not an unpicklable exception
             answer = ("raised", f"{type(exc).__name__}: {exc}")
-        tasks.send(answer)
+        try:
+            tasks.send(answer)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 _Task = tuple[Callable[..., Any], tuple[Any, ...], Future[Any]]
@@ -117,12 +135,18 @@ class WorkerPool:
         self._closed = True
         for _ in self._threads:
             self._tasks.put(None)
+        deadline = time.monotonic() + 5  # for tasks in flight to finish, all together
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for process in list(self._processes.values()):  # still rendering: the server is going away
             process.kill()
 
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        # The worker starts with SIGINT blocked (a child inherits this thread's mask) until it ignores it
+        # (`_worker_main`): a Ctrl-C while it imports is dropped. The resource tracker first, as starting
+        # it unblocks SIGINT in the thread that starts it.
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
             target=_worker_main,
@@ -135,8 +159,12 @@ class WorkerPool:
         return process, ours
 
     def _own_worker(self, index: int) -> None:
-        process, conn = self._start_or_wait()
+        try:
+            process, conn = self._start_or_wait()
+        except _Closed:
+            return
         self._processes[index] = process
+        future: Future[Any] | None = None
         try:
             while (task := self._tasks.get()) is not None:
                 fn, args, future = task
@@ -160,6 +188,9 @@ class WorkerPool:
                     future.set_result(value)
                 else:
                     future.set_exception(WorkerError(value))
+        except _Closed:  # a worker ended during the shutdown: its task (if any) fails, nothing replaces it
+            if future is not None and not future.done():
+                future.set_exception(WorkerDied(DIED))
         finally:
             self._processes.pop(index, None)
             self._stop(process, conn)
@@ -190,9 +221,11 @@ class WorkerPool:
     def _replace(
         self, index: int, process: multiprocessing.process.BaseProcess, conn: Connection
     ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
-        """A fresh process in place of one that ended."""
+        """A fresh process in place of one that ended; `_Closed` while the pool shuts down."""
         process.join(timeout=5)
         conn.close()
+        if self._closed:
+            raise _Closed
         self.deaths += 1
         log.warning("render worker %d ended (exit code %s); starting another", index, process.exitcode)
         process, conn = self._start_or_wait()
@@ -203,6 +236,8 @@ class WorkerPool:
         """A fresh worker; if one cannot be started (no memory, no pids), try again with backoff."""
         delay = 0.5
         while True:
+            if self._closed:
+                raise _Closed
             try:
                 return self._start()
             except OSError as exc:

@@ -3,8 +3,12 @@
 
 - `bg_mirror`: a real mirror (`compositor serve`) on a free loopback port,
   with its own data directory, started once per session and reset before
-  each test. `.base_url`, `.api_key`, `.client_id`, `.client_secret`, and the
-  control methods of `compositor.client.MirrorControl`.
+  each test. `.base_url`, `.api_key`, `.client_id`, `.client_secret`, the
+  control methods of `compositor.client.MirrorControl`, and `add_source(url,
+  path_or_bytes)` / `add_source_map(file)` as the mock has them, for https://
+  URLs, for this test only. A suite's own source map (`--compositor-source-map
+  FILE`, or `compositor_source_map = FILE` in its ini file) is read when the
+  server starts and holds for every test.
 - `mock_background_change`: the in-process mock (`compositor.testing`),
   fresh for each test.
 
@@ -14,8 +18,10 @@ use neither pay nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +34,30 @@ from typing import Any
 import pytest
 
 START_TIMEOUT_S = 60.0
+# `add_source`'s way into a running server (which has no control call for sources): the server starts with a
+# source map whose "https://" prefix maps every https URL to a folder of the fixture's, where `add_source` puts
+# files and which is emptied before each test. So an https URL is never fetched: it is what the test added,
+# or a missing file (the job fails, as the mock's would for a URL off this machine).
+CATCH_ALL = "https://"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    help_text = "a source map (JSON: URL or URL prefix to local file or folder) for bg_mirror's server"
+    parser.getgroup("compositor").addoption(
+        "--compositor-source-map", dest="compositor_source_map", default=None, metavar="FILE", help=help_text
+    )
+    parser.addini("compositor_source_map", help_text + ", relative to the ini file", default="")
+
+
+def _suite_source_map(config: pytest.Config) -> Path | None:
+    given = config.getoption("compositor_source_map")
+    if given:
+        return Path(given).resolve()  # relative to where pytest was started, as paths on its command line
+    named = str(config.getini("compositor_source_map") or "")
+    if not named:
+        return None
+    base = Path(config.inipath).parent if config.inipath is not None else config.rootpath
+    return (base / named).resolve()
 
 
 def _free_port() -> int:
@@ -52,8 +82,10 @@ def _end_with_parent() -> None:
 class MirrorProcess:
     """A `compositor serve` child process and what a test needs to call it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, source_map: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.sources_dir = data_dir / "sources"  # what add_source maps: emptied before each test
+        self.sources_dir.mkdir()
         self.client_id = "bg-mirror"
         self.client_secret = secrets.token_hex(16)  # 32 characters: an AES-256 key, as upstream's secrets are
         self.api_key = self.client_secret  # upstream's x-api-key is the client secret
@@ -65,9 +97,58 @@ class MirrorProcess:
         env.pop("COMPOSITOR_ADMIN_TOKEN", None)  # its controls are open: it listens on loopback only
         command = [sys.executable, "-m", "compositor.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--data-dir", str(data_dir / "data"), "--workers", "1", "--log-level", "warning"]
+        command += ["--source-map", str(self._write_source_map(source_map))]
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=_end_with_parent
         )
+
+    def _write_source_map(self, suite_map: Path | None) -> Path:
+        """The server's map: the suite's entries (checked here, their paths made absolute), and the catch-all."""
+        from compositor.sourcemap import load_source_map
+
+        entries: dict[str, str] = {CATCH_ALL: str(self.sources_dir)}
+        if suite_map is not None:
+            loaded = load_source_map(suite_map)
+            entries.update({url: str(path) for url, path in (*loaded.exact, *loaded.prefixes)})
+        path = self.data_dir / "source-map.json"
+        path.write_text(json.dumps(entries, indent=1))
+        return path
+
+    def clear_sources(self) -> None:
+        shutil.rmtree(self.sources_dir, ignore_errors=True)
+        self.sources_dir.mkdir()
+
+    def add_source(self, url: str, source: str | Path | bytes) -> None:
+        if not url.startswith(CATCH_ALL):
+            raise ValueError(f"url: bg_mirror maps https:// URLs (others go in the suite's source map), not {url!r}")
+        target = self._target(url)
+        if isinstance(source, bytes):
+            if url.endswith("/"):
+                raise ValueError("url: a prefix (ending in /) maps to a folder, not to bytes")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source)
+            return
+        path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(f"add_source: no file or folder {source}")
+        if url.endswith("/"):
+            if not path.is_dir():
+                raise NotADirectoryError(f"add_source: a prefix (ending in /) maps to a folder, not {source}")
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+
+    def _target(self, url: str) -> Path:
+        """Where the server looks for `url` (as `SourceMap.resolve` finds it under the catch-all's folder)."""
+        from urllib.parse import unquote
+
+        root = self.sources_dir.resolve()
+        rest = unquote(url[len(CATCH_ALL) :].split("#", 1)[0].split("?", 1)[0])
+        target = (root / rest).resolve()
+        if not rest.strip("/") or target == root or not target.is_relative_to(root):
+            raise ValueError(f"url: {url!r} names no file under a host")
+        return target
 
     def wait_until_ready(self) -> None:
         import httpx
@@ -99,9 +180,11 @@ class MirrorProcess:
 
 
 @pytest.fixture(scope="session")
-def _bg_mirror_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MirrorProcess]:
+def _bg_mirror_process(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MirrorProcess]:
     # Under pytest's own temporary folders, which pytest prunes, so even a killed run leaves nothing for long.
-    server = MirrorProcess(tmp_path_factory.mktemp("bg-mirror"))
+    server = MirrorProcess(tmp_path_factory.mktemp("bg-mirror"), _suite_source_map(request.config))
     try:
         server.wait_until_ready()
         yield server
@@ -122,6 +205,20 @@ def bg_mirror(_bg_mirror_process: MirrorProcess) -> Iterator[Any]:
         data_dir = _bg_mirror_process.data_dir / "data"
         server_pid = _bg_mirror_process.process.pid
 
+        def add_source(self, url: str, source: str | Path | bytes) -> None:
+            """Let a body's https `url` (or every URL under an https prefix ending in "/") read from a local
+            file or folder (copied), or from these bytes, for this test. A query or fragment is ignored."""
+            _bg_mirror_process.add_source(url, source)
+
+        def add_source_map(self, path: str | Path) -> None:
+            """Every entry of a source map file (https:// URLs only), as `add_source` would add it."""
+            from compositor.sourcemap import load_source_map
+
+            loaded = load_source_map(Path(path))
+            for url, local in (*loaded.exact, *loaded.prefixes):
+                self.add_source(url, local)
+
+    _bg_mirror_process.clear_sources()
     with BgMirror(_bg_mirror_process.base_url) as mirror:
         mirror.reset()
         yield mirror

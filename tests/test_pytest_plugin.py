@@ -33,12 +33,12 @@ def test_with_the_mock(mock_background_change):
 """
 
 
-def run_user_suite(folder: Path, name: str, text: str) -> subprocess.CompletedProcess[str]:
+def run_user_suite(folder: Path, name: str, text: str, *options: str) -> subprocess.CompletedProcess[str]:
     """pytest on one test file in a folder of its own, as a user's suite runs."""
     (folder / name).write_text(text)
     return subprocess.run(
         # -W error: a suite that makes warnings errors must not fail for the fixtures' sake (an unclosed socket).
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", name],
+        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", *options, name],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -99,3 +99,111 @@ def test_the_server_ends_when_pytest_is_killed(tmp_path: Path) -> None:
                 return
         time.sleep(0.2)
     raise AssertionError(f"the bg_mirror server {server_pid} outlived the killed pytest")
+
+
+# What a user's test needs to render a body whose sources are CDN URLs, and to wait for its job.
+SOURCES_PRELUDE = """
+import base64, time
+import requests
+
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAF"
+                       "BQIAX8jx0gAAAABJRU5ErkJggg==")
+
+def render(bg_mirror, origin_img, template_url=None):
+    body = {"canvas_size": "8x8", "origin_img": origin_img, "modify_origin_img_size": "4x4",
+            "overlay_origin_x": 2, "overlay_origin_y": 2}
+    if template_url is not None:
+        body["template_url"] = template_url
+    headers = {"x-api-key": bg_mirror.api_key}
+    base = bg_mirror.base_url + "/api/open/v3/content/image/"
+    answer = requests.post(base + "bg/replace", json=body, headers=headers).json()
+    assert answer["code"] == 1000, answer
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        data = requests.get(base + "infobymodelid", params={"image_model_id": answer["data"]["_id"]},
+                            headers=headers).json()["data"]
+        if data["image_status"] in (3, 4):
+            return data
+        time.sleep(0.05)
+    raise AssertionError("the job did not end")
+"""
+
+ADD_SOURCE_TESTS = (
+    SOURCES_PRELUDE
+    + """
+def test_add_source_maps_cdn_urls_to_bytes_files_and_folders(bg_mirror, tmp_path):
+    (tmp_path / "fg.png").write_bytes(PNG)
+    (tmp_path / "shots").mkdir()
+    (tmp_path / "shots" / "a b.png").write_bytes(PNG)
+    bg_mirror.add_source("https://cdn.example.com/bytes.png", PNG)
+    bg_mirror.add_source("https://cdn.example.com/img/fg.png", tmp_path / "fg.png")
+    bg_mirror.add_source("https://other.example.org/shots/", tmp_path / "shots")
+    for origin in ("https://cdn.example.com/bytes.png", "https://cdn.example.com/img/fg.png",
+                   "https://other.example.org/shots/a%20b.png"):
+        data = render(bg_mirror, origin, template_url="https://cdn.example.com/bytes.png")
+        assert data["image_status"] == 3, (origin, data)
+
+def test_sources_added_by_a_test_are_gone_in_the_next(bg_mirror):
+    data = render(bg_mirror, "https://cdn.example.com/bytes.png")
+    assert data["image_status"] == 4, data
+
+def test_add_source_refuses_what_it_cannot_map(bg_mirror, tmp_path):
+    import pytest
+    with pytest.raises(ValueError):
+        bg_mirror.add_source("https://cdn.example.com/img/", PNG)  # a prefix maps to a folder
+    with pytest.raises(FileNotFoundError):
+        bg_mirror.add_source("https://cdn.example.com/x.png", tmp_path / "missing.png")
+    with pytest.raises(ValueError):
+        bg_mirror.add_source("https://cdn.example.com/../../escape.png", PNG)
+"""
+)
+
+
+def test_bg_mirror_add_source_maps_urls_for_one_test(tmp_path: Path) -> None:
+    done = run_user_suite(tmp_path, "test_sources.py", ADD_SOURCE_TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
+
+
+SOURCE_MAP_TESTS = (
+    SOURCES_PRELUDE
+    + """
+def test_the_suites_source_map_is_read_at_the_start(bg_mirror):
+    assert render(bg_mirror, "https://cdn.example.com/mapped/fg.png")["image_status"] == 3
+    assert render(bg_mirror, "https://cdn.example.com/exact.png")["image_status"] == 3
+
+def test_and_kept_for_every_test(bg_mirror):
+    assert render(bg_mirror, "https://cdn.example.com/exact.png")["image_status"] == 3
+"""
+)
+
+
+def write_user_map(folder: Path) -> Path:
+    import base64
+
+    png = base64.b64decode(
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+    )
+    (folder / "images").mkdir()
+    (folder / "images" / "fg.png").write_bytes(png)
+    (folder / "maps").mkdir()
+    source_map = folder / "maps" / "map.json"  # its relative paths are the map file's folder's
+    source_map.write_text(
+        '{"https://cdn.example.com/mapped/": "../images/", "https://cdn.example.com/exact.png": "../images/fg.png"}'
+    )
+    return source_map
+
+
+def test_a_source_map_given_on_the_command_line(tmp_path: Path) -> None:
+    write_user_map(tmp_path)
+    done = run_user_suite(tmp_path, "test_map.py", SOURCE_MAP_TESTS, "--compositor-source-map", "maps/map.json")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout
+
+
+def test_a_source_map_named_in_the_ini_file(tmp_path: Path) -> None:
+    write_user_map(tmp_path)
+    (tmp_path / "pytest.ini").write_text("[pytest]\ncompositor_source_map = maps/map.json\n")
+    done = run_user_suite(tmp_path, "test_map.py", SOURCE_MAP_TESTS)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "2 passed" in done.stdout
