@@ -147,9 +147,9 @@ def test_the_docs_page_works_with_the_network_blocked(mapped_server: Server) -> 
     assert outside == []
 
 
-def test_the_readmes_removebg_photograph_renders_as_written(tmp_path: Path) -> None:
-    readme = (REPO / "README.md").read_text()
-    assert "docs/removebg.png" in readme and (REPO / "docs" / "removebg.png").is_file()
+def test_the_removebg_pages_photograph_renders_as_written(tmp_path: Path) -> None:
+    readme = (REPO / "docs" / "removebg.md").read_text()
+    assert "](removebg.png)" in readme and (REPO / "docs" / "removebg.png").is_file()
     assert "MIT" in (REPO / "fixtures" / "images" / "ANIMAL-2-LICENSE.md").read_text()
     command = next(line for line in readme.splitlines() if "render fixtures/requests/removebg-photo.json" in line)
     command = command.strip("`").replace(".venv/bin/compositor", f"{sys.executable} -m compositor.cli")

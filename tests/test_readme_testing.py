@@ -1,4 +1,4 @@
-"""The README's "Testing your integration" examples run as written."""
+"""The examples of the docs' "Testing your integration" page run as written."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from tests.test_pytest_plugin import run_user_suite
 
 
 def _blocks(language: str) -> list[str]:
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Testing your integration", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    page = (REPO / "docs" / "testing.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", page, re.DOTALL)
 
 
 def test_the_mock_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
