@@ -17,17 +17,64 @@ from compositor.sources import check_source_reference
 
 _COLOR_PATTERN = re.compile(r"#[0-9a-fA-F]{6}")
 
-REQUIRED_FIELDS = (
-    "canvas_size",
-    "origin_img",
-    "modify_origin_img_size",
-    "overlay_origin_x",
-    "overlay_origin_y",
+
+@dataclass(frozen=True)
+class BodyField:
+    """One field of the request body: the single source for what validation
+    requires and knows and for the mirror's OpenAPI schema of the body
+    (`compositor.mirror.openapi`), so the two cannot drift apart."""
+
+    name: str
+    required: bool
+    schema: dict[str, Any]  # JSON Schema of the value, as the schema publishes it
+    description: str
+
+
+_SIZE = {"type": "string", "pattern": "^[1-9][0-9]{0,8}x[1-9][0-9]{0,8}$"}
+_URL = {"type": "string", "minLength": 1}
+
+BODY_FIELDS: tuple[BodyField, ...] = (
+    BodyField("canvas_size", True, _SIZE, 'The output size, "WxH".'),
+    BodyField(
+        "origin_img", True, _URL, "The foreground image: a URL (or, on the mirror, a data: URI or a mapped path)."
+    ),
+    BodyField("modify_origin_img_size", True, _SIZE, 'The foreground\'s size after scaling, "WxH".'),
+    BodyField(
+        "overlay_origin_x", True, {"type": "integer"}, "The foreground's left edge on the canvas (may be negative)."
+    ),
+    BodyField(
+        "overlay_origin_y", True, {"type": "integer"}, "The foreground's top edge on the canvas (may be negative)."
+    ),
+    BodyField("color_code", False, {"type": "string", "pattern": "^#[0-9a-fA-F]{6}$"}, 'Background colour, "#rrggbb".'),
+    BodyField("template_url", False, _URL, "The background image."),
+    BodyField("modify_template_size", False, _SIZE, "The template's size after scaling (with template_url only)."),
+    BodyField(
+        "overlay_template_x",
+        False,
+        {"type": "integer"},
+        "The template's left edge (with template_url only; 0 by default).",
+    ),
+    BodyField(
+        "overlay_template_y",
+        False,
+        {"type": "integer"},
+        "The template's top edge (with template_url only; 0 by default).",
+    ),
+    BodyField(
+        "removeBg", False, {"type": "boolean", "default": False}, "Remove the foreground's own background first."
+    ),
+    BodyField(
+        "webhookUrl",
+        False,
+        {"type": "string", "pattern": "^https?://"},
+        "Called on every status change. Marked required by the upstream docs, whose examples omit it:"
+        " the mirror accepts a body without it.",
+    ),
 )
+REQUIRED_FIELDS = tuple(spec.name for spec in BODY_FIELDS if spec.required)
 TEMPLATE_ONLY_FIELDS = ("modify_template_size", "overlay_template_x", "overlay_template_y")
-KNOWN_FIELDS = frozenset(
-    REQUIRED_FIELDS + TEMPLATE_ONLY_FIELDS + ("color_code", "template_url", "removeBg", "webhookUrl")
-)
+KNOWN_FIELDS = frozenset(spec.name for spec in BODY_FIELDS)
+_REQUIRED = {spec.name: spec.required for spec in BODY_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -138,13 +185,13 @@ class _Validator:
             self.error("body", f"is nested more than {MAX_BODY_DEPTH} levels deep")
             return self.report
 
-        canvas = self.size(body, "canvas_size", required=True, kind="canvas")
-        fg_source = self.source(body, "origin_img", required=True)
-        fg_size = self.size(body, "modify_origin_img_size", required=True, kind="layer")
-        fg_x = self.offset(body, "overlay_origin_x", required=True)
-        fg_y = self.offset(body, "overlay_origin_y", required=True)
+        canvas = self.size(body, "canvas_size", required=_REQUIRED["canvas_size"], kind="canvas")
+        fg_source = self.source(body, "origin_img", required=_REQUIRED["origin_img"])
+        fg_size = self.size(body, "modify_origin_img_size", required=_REQUIRED["modify_origin_img_size"], kind="layer")
+        fg_x = self.offset(body, "overlay_origin_x", required=_REQUIRED["overlay_origin_x"])
+        fg_y = self.offset(body, "overlay_origin_y", required=_REQUIRED["overlay_origin_y"])
         color = self.color(body)
-        template_source = self.source(body, "template_url", required=False)
+        template_source = self.source(body, "template_url", required=_REQUIRED["template_url"])
         remove_bg = self.boolean(body, "removeBg")
         webhook = self.webhook(body, strict=strict)
 

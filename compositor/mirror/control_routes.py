@@ -50,7 +50,14 @@ async def _body(request: Request, *, empty: object = None) -> object:
         if empty is None:
             raise ControlInputError("body", "is empty: a JSON object is needed")
         return empty
+    if isinstance(body, dict):
+        # JSON has one number type: 3.0 is the integer 3 (as JSON Schema's "integer" and the API's offsets have it).
+        body = {name: int(value) if _integral_float(value) else value for name, value in body.items()}
     return body
+
+
+def _integral_float(value: object) -> bool:
+    return isinstance(value, float) and value.is_integer()
 
 
 def add_controls(app: FastAPI, mirror: Mirror) -> None:

@@ -12,14 +12,18 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.mirror.connections import DropConnection, Dropper
@@ -36,36 +40,9 @@ from compositor.mirror.middleware import (
     read_json,
 )
 from compositor.mirror.models import ApiError, Job, StoreError
+from compositor.mirror.openapi import ALIAS_PREFIX, API_PREFIX, openapi_document
 from compositor.mirror.page import add_page
 from compositor.mirror.service import Mirror
-
-_BODY_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["canvas_size", "origin_img", "modify_origin_img_size", "overlay_origin_x", "overlay_origin_y"],
-    "properties": {
-        "canvas_size": {"type": "string", "example": "3840x3840"},
-        "origin_img": {"type": "string", "description": "foreground image URL"},
-        "modify_origin_img_size": {"type": "string", "example": "3031x2894"},
-        "overlay_origin_x": {"type": "integer", "example": 205},
-        "overlay_origin_y": {"type": "integer", "example": 497},
-        "color_code": {"type": "string", "example": "#aafbe3"},
-        "template_url": {"type": "string"},
-        "modify_template_size": {"type": "string", "example": "3031x3372"},
-        "overlay_template_x": {"type": "integer"},
-        "overlay_template_y": {"type": "integer"},
-        "removeBg": {"type": "boolean", "default": False},
-        "webhookUrl": {"type": "string"},
-    },
-}
-_TOKEN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["clientId", "clientSecret"],
-    "properties": {"clientId": {"type": "string"}, "clientSecret": {"type": "string"}},
-}
-
-
-def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def envelope(code: int, msg: str, data: Any = None) -> JSONResponse:
@@ -95,8 +72,9 @@ def create_app(mirror: Mirror) -> Dropper:
 
 
 def _also_without_open(path: str) -> str:
-    """The docs' Java sample calls upstream without `/open` in the path: the same operation."""
-    return path.replace("/api/open/v3/", "/api/v3/")
+    """The docs' Java sample calls upstream (contentapi.akool.com) without `/open` in the path: the same
+    operation, answered and documented (the in-process mock intercepts that host, so its clients reach it)."""
+    return path.replace(API_PREFIX + "/", ALIAS_PREFIX + "/")
 
 
 def _routes(mirror: Mirror) -> FastAPI:
@@ -117,7 +95,9 @@ def _routes(mirror: Mirror) -> FastAPI:
         lifespan=lifespan,
         # No 307 to the path without its trailing slash: an answer with no body is not the envelope.
         redirect_slashes=False,
+        redoc_url=None,  # its own, below: the packaged bundle loads Redocly's logo from their CDN
     )
+    _add_redoc(app)
 
     @app.exception_handler(StoreError)
     async def store_failed(_: Request, exc: StoreError) -> JSONResponse:
@@ -138,10 +118,12 @@ def _routes(mirror: Mirror) -> FastAPI:
         return response
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         messages = {404: "no such endpoint", 405: "method not allowed for this endpoint"}
         response = envelope(int(ApiCode.PARAMETER_ERROR), messages.get(exc.status_code, str(exc.detail)))
         response.status_code = exc.status_code
+        if exc.status_code == 405:  # RFC 9110: a 405 says which methods the resource takes
+            response.headers["allow"] = _allowed_methods(app, request)
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -194,8 +176,8 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     token_path = "/api/open/v3/getToken"
 
-    @app.post(_also_without_open(token_path), include_in_schema=False)
-    @app.post(token_path, openapi_extra=_json_body(_TOKEN_SCHEMA))
+    @app.post(_also_without_open(token_path))
+    @app.post(token_path)
     async def get_token(request: Request) -> JSONResponse:
         request.state.operation = "getToken"  # journaled even when its body is not JSON
         body = await read_json(request)
@@ -215,8 +197,8 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     replace_path = "/api/open/v3/content/image/bg/replace"
 
-    @app.post(_also_without_open(replace_path), include_in_schema=False)
-    @app.post(replace_path, openapi_extra=_json_body(_BODY_SCHEMA))
+    @app.post(_also_without_open(replace_path))
+    @app.post(replace_path)
     async def replace_background(
         request: Request,
         authorization: str | None = Header(default=None),
@@ -233,7 +215,7 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     info_path = "/api/open/v3/content/image/infobymodelid"
 
-    @app.get(_also_without_open(info_path), include_in_schema=False)
+    @app.get(_also_without_open(info_path))
     @app.get(info_path)
     async def job_info(
         request: Request,
@@ -249,7 +231,7 @@ def _routes(mirror: Mirror) -> FastAPI:
         job = await run_in_threadpool(mirror.info, client, image_model_id)
         return envelope(1000, "OK", job.to_api())
 
-    @app.get("/results/{name}", response_class=FileResponse, responses={404: {"description": "no such result"}})
+    @app.get("/results/{name}", response_class=FileResponse)
     async def result(name: str) -> Response:
         return open_file_response(
             mirror.result_file(name),
@@ -260,4 +242,58 @@ def _routes(mirror: Mirror) -> FastAPI:
     add_page(app, mirror)
     if mirror.settings.controls_enabled:
         add_controls(app, mirror)
+
+    # The document is written out (`openapi.py`), not inferred from the functions above: they take the raw
+    # request, and FastAPI would describe what they do not answer (a 422) and leave out what they do.
+    document = openapi_document(
+        title=app.title,
+        version=app.version,
+        controls=mirror.settings.controls_enabled,
+        admin=mirror.settings.admin_token is not None,
+    )
+
+    def openapi() -> dict[str, Any]:
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+REDOC_BUNDLE = Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js"
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+# A blank 1x1 image in place of that logo: the page fetches nothing from outside the mirror.
+BLANK_IMAGE = "data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27 width=%271%27 height=%271%27/%3E"
+
+
+def _add_redoc(app: FastAPI) -> None:
+    """/redoc with ReDoc's bundle served from the package, its one outside fetch (a logo) made local."""
+    bundle: list[bytes] = []
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_page(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=app.title + " - ReDoc",
+            redoc_js_url=f"{root}/redoc/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/static-offline-docs/favicon.png",
+            with_google_fonts=False,
+        )
+
+    @app.get("/redoc/redoc.standalone.js", include_in_schema=False)
+    async def redoc_script() -> Response:
+        if not bundle:
+            bundle.append(REDOC_BUNDLE.read_text(encoding="utf-8").replace(REDOC_LOGO, BLANK_IMAGE).encode())
+        return Response(bundle[0], media_type="text/javascript", headers={"cache-control": "max-age=3600"})
+
+
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    """Every method some route of this path takes (a path's methods may be spread over several routes)."""
+    allowed: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            allowed |= set(getattr(route, "methods", None) or ())
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    return ", ".join(sorted(allowed, key=lambda method: (order.index(method) if method in order else 99, method)))
