@@ -20,10 +20,13 @@ disk) stops it the same way, in one line; what was written stays, whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -381,11 +384,12 @@ class BatchRun:
         if outcome.png is None:
             self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds)
             return
-        try:
-            write_atomically(self._output(item), outcome.png)
-        except OSError as exc:  # a full disk: the batch stops, what was written stays whole
-            raise BatchOutputError(self._output(item), exc) from None
-        self._record(item, "done", outcome.code, [], outcome.seconds)
+        with _ctrl_c_waits():  # a result on disk always has its report line
+            try:
+                write_atomically(self._output(item), outcome.png)
+            except OSError as exc:  # a full disk: the batch stops, what was written stays whole
+                raise BatchOutputError(self._output(item), exc) from None
+            self._record(item, "done", outcome.code, [], outcome.seconds)
 
     def _output(self, item: Item) -> Path:
         return self.outdir / f"{item.id}.png"
@@ -407,6 +411,21 @@ class BatchRun:
         setattr(self.summary, status, getattr(self.summary, status) + 1)
         if self.progress is not None:
             self.progress.advance(status)
+
+
+@contextlib.contextmanager
+def _ctrl_c_waits() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back until the block ends, then raised as usual: a
+    stop between writing a result and writing its report line would leave a
+    file the report does not list. Only the main thread can hold it back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _drop_partial_line(report: Path) -> None:

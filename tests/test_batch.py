@@ -601,3 +601,31 @@ def test_a_line_with_text_that_is_not_unicode_fails_alone_naming_its_field(tmp_p
         {"field": "canvas_size", "message": text.MESSAGE},
         None,
     ]
+
+
+def test_ctrl_c_between_a_result_and_its_report_line_waits_for_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race behind a flaky run of the Ctrl-C test: SIGINT right after a result was written and before its
+    report line. It now arrives once both are written, so every file on disk is in the report."""
+    import os
+    from concurrent.futures import Future
+
+    from compositor import batch as batch_module
+    from compositor.batch import BatchRun, Item, ItemOutcome, _Pending
+
+    real_write = batch_module.write_atomically
+
+    def write_then_ctrl_c(path: Path, data: bytes) -> None:
+        real_write(path, data)
+        os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C lands: between two steps
+
+    monkeypatch.setattr(batch_module, "write_atomically", write_then_ctrl_c)
+    run = BatchRun(tmp_path, executor=None)  # type: ignore[arg-type]  # _settle never submits here
+    run._report = io.StringIO()
+    answered: Future[ItemOutcome] = Future()
+    answered.set_result(ItemOutcome(b"\x89PNG whole", 1000, [], 0.1))
+    with pytest.raises(KeyboardInterrupt):
+        run._settle(answered, _Pending(Item("a", {}, str(tmp_path))), {})
+    assert (tmp_path / "a.png").is_file()
+    assert [json.loads(line)["id"] for line in run._report.getvalue().splitlines()] == ["a"]
