@@ -19,9 +19,17 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--
          "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
+STALE_KEY = "left-by-an-earlier-development-run"
+
+
 @pytest.fixture(scope="module")
 def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("page"), CONFIG)
+    from compositor.mirror.config import key_header_file
+
+    data_dir = tmp_path_factory.mktemp("page")
+    # A development client's key file from an earlier run: this server has clients configured, not that one.
+    key_header_file(data_dir).write_text(f"x-api-key: {STALE_KEY}\n")
+    running = start_server(data_dir, CONFIG)
     yield running
     running.stop()
 
@@ -186,3 +194,11 @@ def test_a_picture_of_another_shape_keeps_the_width_and_takes_its_own_aspect(pag
     )
     width, height = (int(v) for v in str(body_of(page)["modify_template_size"]).split("x"))
     assert width == int(before.split("x")[0]) and abs(width / height - 4.0) < 0.02
+
+
+def test_the_curl_lines_with_configured_clients_name_a_key_file_to_write(page: object, page_server: Server) -> None:
+    lines = [line for id in ("#curl_upstream", "#curl_mirror") for line in str(page.text_content(id)).splitlines()]  # type: ignore[attr-defined]
+    upstream, mirror = (line for line in lines if line.startswith("curl "))
+    assert "-H @akool-key.header " in upstream and "-H @mirror-key.header " in mirror
+    assert "x-api-key" not in upstream + mirror
+    assert "development-client.header" not in "\n".join(lines) and STALE_KEY not in page.content()  # type: ignore[attr-defined]

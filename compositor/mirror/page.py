@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from compositor.errors import ApiCode, CompositorError
+from compositor.mirror.config import key_header_file
 from compositor.mirror.downloads import open_file_response
 from compositor.mirror.middleware import read_json
 from compositor.mirror.models import ApiError, StoreError, StoreFullError
@@ -39,6 +40,12 @@ PREVIEW_MAX_SIDE = 1024
 # the page is told to slow down (1005) rather than queue without end.
 PAGE_TASKS = 4
 _STATIC = resources.files("compositor.mirror") / "static"
+# The page's icon, inline (nothing to package): the canvas, the template, the foreground.
+_FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect width="32" height="32" rx="6" fill="#1d2b53"/>'
+    '<rect x="5" y="5" width="16" height="16" fill="#2f7ae0"/>'
+    '<rect x="12" y="12" width="15" height="15" fill="#e0306c"/></svg>'
+)
 _UPLOAD_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 
 
@@ -51,6 +58,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     uploads = settings.uploads_dir
     allowed_hosts = LOOPBACK_NAMES | {name.lower() for name in settings.page_hosts}
     tasks = asyncio.Semaphore(PAGE_TASKS)
+    header_file = _client_key_file(settings.data_dir, {client.client_secret for client in settings.clients})
 
     @app.exception_handler(CrossSiteError)
     async def cross_site(_: Request, exc: CrossSiteError) -> JSONResponse:
@@ -129,6 +137,11 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     async def page() -> HTMLResponse:
         return HTMLResponse((_STATIC / "index.html").read_text())
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        """What a browser asks for on its own (an SVG: browsers take one at this path too)."""
+        return Response(_FAVICON, media_type="image/svg+xml", headers={"cache-control": "max-age=86400"})
+
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         kinds = {".js": "text/javascript", ".css": "text/css", ".json": "application/json"}
@@ -165,6 +178,15 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
             for spec in load_manifest().values()
         ]
         return JSONResponse({"default": settings.model, "models": listed})
+
+    @app.get("/preview/settings", include_in_schema=False)
+    async def preview_settings(request: Request) -> JSONResponse:
+        """What the page's curl lines and notes need: the file that holds a
+        configured client's key as a header line (as the start banner names it;
+        never the key), and where this mirror's uploads live."""
+        check_host(request)
+        shown = str(header_file) if header_file is not None else None
+        return JSONResponse({"key_header_file": shown, "uploads_url": f"{settings.public_base_url}/uploads/"})
 
     @app.post("/preview/validate", include_in_schema=False)
     async def preview_validate(request: Request) -> JSONResponse:
@@ -212,6 +234,18 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
             None,
             lambda: JSONResponse({"code": 1003, "msg": "no such upload, or it has expired"}, status_code=404),
         )
+
+
+def _client_key_file(data_dir: Path, secrets: set[str]) -> Path | None:
+    """The development client's header file (`x-api-key: KEY`, for `curl -H @FILE`),
+    when the key it holds is one this server accepts: a file left by an earlier
+    run in development mode, when clients are configured now, is not offered."""
+    path = key_header_file(data_dir).resolve()
+    try:
+        name, _, key = path.read_text().partition(":")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return path if name.strip().lower() == "x-api-key" and key.strip() in secrets else None
 
 
 @contextlib.contextmanager

@@ -1,6 +1,11 @@
 // The preview page. The request body is the state; every edit (a field, a
 // drag, a paste) changes the body, and the view, the JSON, the messages and
 // the engine's preview are all drawn from it.
+//
+// What is typed goes into the body as typed: the page never rounds, clamps or
+// drops a value to make it pass. Whether a body passes is the engine's word
+// alone (/preview/validate), and the verdict shown is always about the body
+// shown (#summary's data-judged holds the body it judged).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,7 +14,6 @@ const UPSTREAM = "https://openapi.akool.com/api/open/v3/content/image/bg/replace
 let body = {
   canvas_size: "3840x3840",
   color_code: "#aafbe3",
-  origin_img: "",
   modify_origin_img_size: "3031x2894",
   overlay_origin_x: 205,
   overlay_origin_y: 497,
@@ -36,53 +40,74 @@ function layerGeometry(layer) {
   if (!body[k.src]) return null;
   const s = size(body[k.size]) || natural[layer];
   if (!s) return null;
-  return { x: Number(body[k.x]) || 0, y: Number(body[k.y]) || 0, w: s.w, h: s.h };
+  const at = (v) => (Number.isFinite(v) ? v : 0); // only drawing falls back; the body keeps what was typed
+  return { x: at(body[k.x]), y: at(body[k.y]), w: s.w, h: s.h };
 }
 
+// The body as sent and shown: a key the page leaves out is `undefined`; every
+// other value, also "" or null from a pasted body, is kept for the engine to judge.
 function cleanBody() {
   const out = {};
-  for (const [k, v] of Object.entries(body)) {
-    if (v === "" || v === null || v === undefined) continue;
-    if (k === "removeBg" && v === false) continue;
-    out[k] = v;
-  }
-  if (!out.template_url) for (const k of ["modify_template_size", "overlay_template_x", "overlay_template_y"]) delete out[k];
+  for (const [k, v] of Object.entries(body)) if (v !== undefined) out[k] = v;
   return out;
 }
+const bodyText = () => JSON.stringify(cleanBody(), null, 2);
 
 // --- fields <-> body --------------------------------------------------------
-function fieldsFromBody() {
-  const c = size(body.canvas_size) || { w: "", h: "" };
-  $("canvas_w").value = c.w; $("canvas_h").value = c.h;
-  $("use_color").checked = !!body.color_code;
-  $("color_code").value = body.color_code || "";
-  if (/^#[0-9a-fA-F]{6}$/.test(body.color_code || "")) $("color_picker").value = body.color_code.toLowerCase();
-  for (const layer of ["template", "foreground"]) {
-    const k = layerKeys[layer], prefix = layer === "template" ? "template" : "origin";
-    $(k.src).value = body[k.src] || "";
-    const s = size(body[k.size]);
-    $(`${prefix}_w`).value = s ? s.w : ""; $(`${prefix}_h`).value = s ? s.h : "";
-    $(k.x).value = body[k.x] ?? ""; $(k.y).value = body[k.y] ?? "";
-  }
-  $("removeBg").checked = !!body.removeBg;
-  $("webhookUrl").value = body.webhookUrl || "";
+// Each input writes one key of the body, and only when it is edited: an edit
+// never rewrites another key, and a key no field can show (a pasted string
+// where a number belongs) stays as pasted until its own field is edited.
+const sizeInputs = {
+  canvas_size: ["canvas_w", "canvas_h"],
+  modify_template_size: ["template_w", "template_h"],
+  modify_origin_img_size: ["origin_w", "origin_h"],
+};
+const offsetKeys = ["overlay_template_x", "overlay_template_y", "overlay_origin_x", "overlay_origin_y"];
+const textKeys = ["template_url", "origin_img", "webhookUrl"];
+const keyOfInput = { use_color: "color_code", color_code: "color_code", color_picker: "color_code", removeBg: "removeBg" };
+for (const [key, [w, h]] of Object.entries(sizeInputs)) keyOfInput[w] = keyOfInput[h] = key;
+for (const key of [...offsetKeys, ...textKeys]) keyOfInput[key] = key;
+const JSON_NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$/;
+
+const shown = (v) => (v === undefined ? "" : typeof v === "string" ? v : JSON.stringify(v));
+
+// A size's text split at its first "x" joins back to the very same text.
+function sides(v) {
+  const text = shown(v), at = text.indexOf("x");
+  return at < 0 ? [text, ""] : [text.slice(0, at), text.slice(at + 1)];
 }
 
-function bodyFromFields() {
-  body.canvas_size = sizeText($("canvas_w").value, $("canvas_h").value);
-  body.color_code = $("use_color").checked ? $("color_code").value.trim() : "";
-  for (const layer of ["template", "foreground"]) {
-    const k = layerKeys[layer], prefix = layer === "template" ? "template" : "origin";
-    body[k.src] = $(k.src).value.trim();
-    const w = $(`${prefix}_w`).value, h = $(`${prefix}_h`).value;
-    body[k.size] = w && h ? sizeText(w, h) : "";
-    for (const axis of ["x", "y"]) {
-      const v = $(k[axis]).value;
-      body[k[axis]] = v === "" ? "" : Math.round(Number(v));
-    }
+function fieldsFromBody() {
+  for (const [key, [w, h]] of Object.entries(sizeInputs)) [$(w).value, $(h).value] = sides(body[key]);
+  for (const key of [...offsetKeys, ...textKeys]) $(key).value = shown(body[key]);
+  $("use_color").checked = body.color_code !== undefined;
+  $("color_code").value = shown(body.color_code);
+  if (/^#[0-9a-fA-F]{6}$/.test(shown(body.color_code))) $("color_picker").value = body.color_code.toLowerCase();
+  $("removeBg").checked = body.removeBg === true;
+}
+
+// The value a key takes from its field(s), as typed; undefined leaves the key out.
+function valueOfField(key) {
+  if (sizeInputs[key]) {
+    const [w, h] = sizeInputs[key].map((id) => $(id).value);
+    return w === "" && h === "" ? undefined : `${w}x${h}`;
   }
-  body.removeBg = $("removeBg").checked;
-  body.webhookUrl = $("webhookUrl").value.trim();
+  if (offsetKeys.includes(key)) {
+    const typed = $(key).value;
+    if (typed === "") return undefined;
+    // A number written as JSON writes it goes in as that number (1.5 stays 1.5);
+    // anything else goes in as the text typed, which the engine then refuses.
+    return JSON_NUMBER.test(typed) && Number.isFinite(Number(typed)) ? Number(typed) : typed;
+  }
+  if (key === "color_code") return $("use_color").checked ? $("color_code").value : undefined;
+  if (key === "removeBg") return $("removeBg").checked ? true : undefined;
+  const typed = $(key).value;
+  return typed === "" ? undefined : typed;
+}
+
+function bodyFromField(id) {
+  const key = keyOfInput[id];
+  if (key) body[key] = valueOfField(key);
 }
 
 // --- the view ---------------------------------------------------------------
@@ -128,13 +153,30 @@ function layout() {
   $("template_box").classList.toggle("active", active === "template");
 }
 
+// The key goes in a header file, as the server's start banner says (`curl -H @FILE`):
+// the page shows the file, never a key.
+let pageSettings = { key_header_file: null, uploads_url: `${location.origin}/uploads/` };
+const UPSTREAM_KEY_FILE = "akool-key.header";
+
 function showBody() {
-  const json = JSON.stringify(cleanBody(), null, 2);
-  $("body_json").textContent = json;
-  const quoted = JSON.stringify(cleanBody()).replace(/'/g, "'\\''");
-  const curl = (url) => `curl -s -X POST ${url} -H 'x-api-key: YOUR_KEY' -H 'content-type: application/json' -d '${quoted}'`;
-  $("curl_upstream").textContent = "# upstream\n" + curl(UPSTREAM);
-  $("curl_mirror").textContent = "# this mirror\n" + curl(`${location.origin}/api/open/v3/content/image/bg/replace`);
+  const body = cleanBody();
+  $("body_json").textContent = bodyText();
+  const quoted = JSON.stringify(body).replace(/'/g, "'\\''");
+  const header = (file) => (/^[\w@%+=:,./-]+$/.test(file) ? `@${file}` : `'@${file.replace(/'/g, "'\\''")}'`);
+  const curl = (url, file) => `curl -s -X POST ${url} -H ${header(file)} -H 'content-type: application/json' -d '${quoted}'`;
+  $("curl_upstream").textContent =
+    `# upstream (${UPSTREAM_KEY_FILE} holds one line: x-api-key: followed by your Akool key)\n` + curl(UPSTREAM, UPSTREAM_KEY_FILE);
+  const mirrorFile = pageSettings.key_header_file;
+  $("curl_mirror").textContent =
+    (mirrorFile ? "# this mirror (its development client's key file)\n" : "# this mirror (mirror-key.header holds one line: x-api-key: followed by your client's key)\n") +
+    curl(`${location.origin}/api/open/v3/content/image/bg/replace`, mirrorFile || "mirror-key.header");
+  // An upload lives on this mirror: upstream cannot fetch it.
+  const uploaded = ["origin_img", "template_url"].filter((k) => typeof body[k] === "string" && body[k].startsWith(pageSettings.uploads_url));
+  $("body_note").hidden = uploaded.length === 0;
+  $("body_note").textContent = uploaded.length === 0 ? "" :
+    `${uploaded.join(" and ")} ${uploaded.length > 1 ? "name uploads" : "names an upload"} to this mirror (${pageSettings.uploads_url}...), ` +
+    "which upstream cannot reach: this body renders here, but upstream would fail to fetch it. " +
+    "Put the picture at a URL upstream can reach before sending the body there.";
 }
 
 function showMessages(envelope) {
@@ -150,6 +192,12 @@ function showMessages(envelope) {
   $("summary").textContent = envelope.code === 1000 ? "valid (1000)" : `invalid (${envelope.code}): ${envelope.msg}`;
 }
 
+// The verdict for the body now shown, or "checking" while the engine has not judged it.
+function showVerdict(envelope, judged) {
+  showMessages(envelope);
+  $("summary").dataset.judged = judged;
+}
+
 // --- the server ---------------------------------------------------------------
 async function post(path, payload) {
   return fetch(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(payload) });
@@ -158,14 +206,23 @@ async function post(path, payload) {
 let timer = null, generation = 0;
 function schedule() {
   clearTimeout(timer);
+  ++generation; // an answer still on its way is about an earlier body
+  delete $("summary").dataset.judged;
+  $("summary").textContent = "checking...";
   timer = setTimeout(refresh, 150); // debounced while dragging
 }
 
 async function refresh() {
-  const mine = ++generation, sent = cleanBody();
-  const envelope = await (await post("/preview/validate", { body: sent })).json();
+  const mine = ++generation, sent = cleanBody(), judged = bodyText();
+  let envelope;
+  try {
+    envelope = await (await post("/preview/validate", { body: sent })).json();
+  } catch (err) {
+    if (mine === generation) $("summary").textContent = `not checked: ${err.message}`;
+    return;
+  }
   if (mine !== generation) return;
-  showMessages(envelope);
+  showVerdict(envelope, judged);
   if (envelope.code !== 1000) return;
   const response = await post("/preview/render", { body: sent, model: $("removeBg_model").value });
   if (mine !== generation) return;
@@ -180,8 +237,8 @@ async function refresh() {
   }
 }
 
-function update({ fromFields = false } = {}) {
-  if (fromFields) bodyFromFields(); else fieldsFromBody();
+function update({ fromField = null } = {}) {
+  if (fromField) bodyFromField(fromField); else fieldsFromBody();
   layout(); showBody(); schedule();
 }
 
@@ -245,11 +302,11 @@ function startDrag(event) {
 }
 
 // --- wiring ---------------------------------------------------------------------
-for (const el of document.querySelectorAll("#controls input[type=number], #controls input[type=text], #controls input[type=checkbox]")) {
+for (const el of document.querySelectorAll("#controls input[type=text], #controls input[type=checkbox]")) {
   if (el.id === "keep_aspect") continue;
-  el.addEventListener("input", () => update({ fromFields: true }));
+  el.addEventListener("input", () => update({ fromField: el.id }));
 }
-$("color_picker").addEventListener("input", () => { $("color_code").value = $("color_picker").value; $("use_color").checked = true; update({ fromFields: true }); });
+$("color_picker").addEventListener("input", () => { $("color_code").value = $("color_picker").value; $("use_color").checked = true; update({ fromField: "color_code" }); });
 $("template_file").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0], "template"));
 $("origin_file").addEventListener("change", (e) => e.target.files[0] && upload(e.target.files[0], "foreground"));
 $("active_layer").addEventListener("change", layout);
@@ -285,6 +342,7 @@ $("download").addEventListener("click", async () => {
   a.click();
 });
 window.addEventListener("resize", layout);
+fetch("/preview/settings").then((r) => r.json()).then((loaded) => { pageSettings = { ...pageSettings, ...loaded }; showBody(); });
 // removeBg's model is the server's setting for API jobs; the page may try each one.
 fetch("/preview/models").then((r) => r.json()).then((listed) => {
   for (const model of listed.models) {
