@@ -415,17 +415,25 @@ class BatchRun:
 
 @contextlib.contextmanager
 def _ctrl_c_waits() -> Iterator[None]:
-    """Ctrl-C (SIGINT) held back until the block ends, then raised as usual: a
+    """Ctrl-C (SIGINT) held back until the block ends, then handled as usual: a
     stop between writing a result and writing its report line would leave a
-    file the report does not list. Only the main thread can hold it back."""
+    file the report does not list. Python runs signal handlers in the main
+    thread whichever thread the signal reached, so a handler that only notes
+    it defers it (a signal mask would not: another thread may take the signal)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):
+            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
 
 
 def _drop_partial_line(report: Path) -> None:

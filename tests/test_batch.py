@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -621,6 +622,10 @@ def test_ctrl_c_between_a_result_and_its_report_line_waits_for_the_line(
         os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C lands: between two steps
 
     monkeypatch.setattr(batch_module, "write_atomically", write_then_ctrl_c)
+    # Other threads, as a real batch has (its executor's), may be the ones the kernel hands the signal to.
+    busy = threading.Event()
+    bystander = threading.Thread(target=busy.wait, daemon=True)
+    bystander.start()
     run = BatchRun(tmp_path, executor=None)  # type: ignore[arg-type]  # _settle never submits here
     run._report = io.StringIO()
     answered: Future[ItemOutcome] = Future()
@@ -628,4 +633,5 @@ def test_ctrl_c_between_a_result_and_its_report_line_waits_for_the_line(
     with pytest.raises(KeyboardInterrupt):
         run._settle(answered, _Pending(Item("a", {}, str(tmp_path))), {})
     assert (tmp_path / "a.png").is_file()
+    busy.set()
     assert [json.loads(line)["id"] for line in run._report.getvalue().splitlines()] == ["a"]
