@@ -245,27 +245,12 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     from compositor.request import Limits
 
     defaults = Limits()
-    parser.add_argument(
-        "--max-canvas-side",
-        type=int,
-        default=defaults.max_canvas_side,
-        metavar="PX",
-        help="refuse (1003) a canvas_size wider or taller than this",
-    )
-    parser.add_argument(
-        "--max-canvas-pixels",
-        type=int,
-        default=defaults.max_canvas_pixels,
-        metavar="PX",
-        help="refuse (1003) a canvas_size of more pixels than this",
-    )
-    parser.add_argument(
-        "--max-layer-side",
-        type=int,
-        default=defaults.max_layer_side,
-        metavar="PX",
-        help="refuse (1003) a modify_*_size wider or taller than this",
-    )
+    for flag, default, what in (
+        ("--max-canvas-side", defaults.max_canvas_side, "a canvas_size wider or taller than this"),
+        ("--max-canvas-pixels", defaults.max_canvas_pixels, "a canvas_size of more pixels than this"),
+        ("--max-layer-side", defaults.max_layer_side, "a modify_*_size wider or taller than this"),
+    ):
+        parser.add_argument(flag, type=int, default=default, metavar="PX", help=f"refuse (1003) {what}")
 
 
 def _limits(args: argparse.Namespace) -> Any:

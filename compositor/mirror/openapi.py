@@ -10,6 +10,8 @@ JSON with HTTP statuses. The replace body's fields come from
 from __future__ import annotations
 
 import copy
+import json
+from importlib import resources
 from typing import Any
 
 from compositor.errors import ApiCode
@@ -30,20 +32,10 @@ TOKEN_PATH = f"{API_PREFIX}/getToken"
 REPLACE_PATH = f"{API_PREFIX}/content/image/bg/replace"
 INFO_PATH = f"{API_PREFIX}/content/image/infobymodelid"
 
-# The docs' example 3 (template and colour), verbatim (tests compare it with
-# fixtures/requests/example-3-template-and-color.json): "Try it out" sends it.
-EXAMPLE_3: dict[str, Any] = {
-    "color_code": "#aafbe3",
-    "canvas_size": "3840x3840",
-    "template_url": "https://d3c24lvfmudc1v.cloudfront.net/public/background_change/ROne.png",
-    "modify_template_size": "3828x3828",
-    "overlay_template_x": 2049,
-    "overlay_template_y": -6,
-    "origin_img": "https://drz0f01yeq1cx.cloudfront.net/1712132369637-69a946c0-b2a7-4fe6-92c8-2729b36cc13e-0183.png",
-    "modify_origin_img_size": "3062x3828",
-    "overlay_origin_x": -72,
-    "overlay_origin_y": -84,
-}
+# The docs' example 3 (template and colour), verbatim, from the page's examples (package data that tests
+# compare with fixtures/requests/): "Try it out" sends it.
+_PAGE_EXAMPLES = resources.files("compositor.mirror.static").joinpath("examples.json")
+EXAMPLE_3: dict[str, Any] = json.loads(_PAGE_EXAMPLES.read_text())["example-3-template-and-color"]
 
 
 def _ref(name: str) -> dict[str, str]:
