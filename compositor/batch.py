@@ -26,7 +26,6 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from typing import IO, Any, BinaryIO
 from compositor import text
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
 from compositor.files import write_atomically
+from compositor.signals import signals_noted
 from compositor.sourcemap import SourceMap
 
 REPORT_NAME = "report.jsonl"
@@ -417,19 +417,11 @@ class BatchRun:
 def _ctrl_c_waits() -> Iterator[None]:
     """Ctrl-C (SIGINT) held back until the block ends, then handled as usual: a
     stop between writing a result and writing its report line would leave a
-    file the report does not list. Python runs signal handlers in the main
-    thread whichever thread the signal reached, so a handler that only notes
-    it defers it (a signal mask would not: another thread may take the signal)."""
-    if threading.current_thread() is not threading.main_thread():
+    file the report does not list."""
+    with signals_noted(signal.SIGINT) as caught:
         yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if caught:
+        previous = signal.getsignal(signal.SIGINT)
         if callable(previous):
             previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
         elif previous == signal.SIG_DFL:

@@ -552,10 +552,15 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(app_config)
     logging.getLogger("uvicorn.error").addFilter(_quiet_shutdown)
-    with _signals_noted() as received:
+    import signal
+
+    from compositor.signals import signals_noted
+
+    # uvicorn stops on SIGINT or SIGTERM, then raises it again once stopped, which with Python's own handlers
+    # is a KeyboardInterrupt traceback (or an exit by SIGTERM): noted instead, a stop asked for exits 0.
+    with signals_noted(signal.SIGINT, signal.SIGTERM) as received:
         server.run(sockets=[listener])
         _end_workers()
-    import signal
 
     why = f" ({signal.Signals(received[0]).name})" if received else ""
     print(f"compositor mirror on {served.settings.public_base_url} stopped{why}", flush=True)
@@ -575,28 +580,6 @@ _SHUTDOWN_LINES = frozenset(
 
 def _quiet_shutdown(record: logging.LogRecord) -> bool:
     return record.msg not in _SHUTDOWN_LINES
-
-
-@contextlib.contextmanager
-def _signals_noted() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM, noted (in the list yielded) instead of raised.
-    uvicorn stops on either, then raises it again once stopped, which with
-    Python's own handlers is a KeyboardInterrupt traceback (and an exit by
-    SIGTERM): a stop asked for is a clean exit, 0."""
-    import signal
-    import threading
-
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield received
-        return
-    stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda signum, _frame: received.append(signum)) for signum in stops}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _end_workers() -> None:
