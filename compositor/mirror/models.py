@@ -490,6 +490,8 @@ class JobStore:
                 try:
                     job = _job(row)
                     problem = job.damaged
+                    if problem is None and text.unencodable_field(job.body) is not None:
+                        problem = "its body holds text that is not valid Unicode"  # stored before the door's rule
                     if problem is None:
                         _queue_notice(db, job, PROCESSING)
                         return job
@@ -793,8 +795,6 @@ def _stored_json(raw: str, kind: type, what: str) -> tuple[Any, str | None]:
         return kind(), f"{what} is not JSON"
     if not isinstance(value, kind):
         return kind(), f"{what} is not a JSON {kind.__name__}"
-    if text.unencodable_field(value) is not None:
-        return kind(), f"{what} holds text that is not valid Unicode"
     return value, None
 
 
