@@ -18,13 +18,20 @@ REPO = Path(__file__).resolve().parent.parent
 QUIET = {"NO_MKDOCS_2_WARNING": "1", "DISABLE_MKDOCS_2_WARNING": "true"}
 
 
-def _every_option(parser: argparse.ArgumentParser, prog: str = "compositor"):  # type: ignore[no-untyped-def]
+def _commands(parser: argparse.ArgumentParser, prog: str = "compositor"):  # type: ignore[no-untyped-def]
+    """Each command's name and parser, the top level's first, depth first."""
+    yield prog, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                yield from _every_option(sub, f"{prog} {name}")
-        elif not isinstance(action, argparse._HelpAction):
-            yield prog, action
+                yield from _commands(sub, f"{prog} {name}")
+
+
+def _every_option(parser: argparse.ArgumentParser):  # type: ignore[no-untyped-def]
+    for prog, command in _commands(parser):
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
+                yield prog, action
 
 
 def test_every_option_of_every_command_says_what_it_does() -> None:
@@ -108,11 +115,3 @@ def test_the_settings_page_names_every_setting(site: Path) -> None:
     page = (site / "reference" / "settings" / "index.html").read_text()
     for setting in SETTINGS:
         assert setting.key in page and (setting.env or "") in page and (setting.flag or "") in page
-
-
-def _commands(parser: argparse.ArgumentParser, prog: str = "compositor"):  # type: ignore[no-untyped-def]
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield f"{prog} {name}", sub
-                yield from _commands(sub, f"{prog} {name}")
