@@ -140,13 +140,16 @@ class MirrorProcess:
             shutil.copyfile(path, target)
 
     def _target(self, url: str) -> Path:
-        """Where the server looks for `url` (as `SourceMap.resolve` finds it under the catch-all's folder)."""
-        from urllib.parse import unquote
+        """Where the server looks for `url`: under the catch-all's folder, found by the server's own rule."""
+        from compositor.errors import SourceError
+        from compositor.sourcemap import SourceMap
 
         root = self.sources_dir.resolve()
-        rest = unquote(url[len(CATCH_ALL) :].split("#", 1)[0].split("?", 1)[0])
-        target = (root / rest).resolve()
-        if not rest.strip("/") or target == root or not target.is_relative_to(root):
+        try:
+            target = SourceMap.from_entries({CATCH_ALL: root}).resolve(url, "url")
+        except SourceError:  # a path outside the folder
+            target = None
+        if target is None or target == root:
             raise ValueError(f"url: {url!r} names no file under a host")
         return target
 
