@@ -9,6 +9,7 @@ written (a full disk), 500 with a request id for anything unexpected.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -268,7 +269,6 @@ BLANK_IMAGE = "data:image/svg+xml,%3Csvg xmlns=%27http://www.w3.org/2000/svg%27 
 
 def _add_redoc(app: FastAPI) -> None:
     """/redoc with ReDoc's bundle served from the package, its one outside fetch (a logo) made local."""
-    bundle: list[bytes] = []
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc_page(request: Request) -> HTMLResponse:
@@ -283,9 +283,13 @@ def _add_redoc(app: FastAPI) -> None:
 
     @app.get("/redoc/redoc.standalone.js", include_in_schema=False)
     async def redoc_script() -> Response:
-        if not bundle:
-            bundle.append(REDOC_BUNDLE.read_text(encoding="utf-8").replace(REDOC_LOGO, BLANK_IMAGE).encode())
-        return Response(bundle[0], media_type="text/javascript", headers={"cache-control": "max-age=3600"})
+        return Response(_redoc_bundle(), media_type="text/javascript", headers={"cache-control": "max-age=3600"})
+
+
+@functools.cache
+def _redoc_bundle() -> bytes:
+    """ReDoc's script with its logo's URL replaced, read once a process, when the page first asks for it."""
+    return REDOC_BUNDLE.read_text(encoding="utf-8").replace(REDOC_LOGO, BLANK_IMAGE).encode()
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> str:
