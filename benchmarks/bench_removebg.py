@@ -166,7 +166,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import compositor  # noqa: F401  (sets ORT_DISABLE_TELEMETRY before rembg loads onnxruntime)
-    from compositor.models import default_home, verified_path
+    from compositor.weights import default_home, verified_path
 
     for model in MODELS:
         verified_path(model)

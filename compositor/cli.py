@@ -92,7 +92,7 @@ def _prefer_plain_pages() -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from compositor.models import model_names
+    from compositor.weights import model_names
 
     parser = argparse.ArgumentParser(
         prog="compositor",
@@ -218,7 +218,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    from compositor.models import model_names
+    from compositor.weights import model_names
 
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="removeBg device")
     parser.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
@@ -658,7 +658,7 @@ def _print_banner(served: Any) -> None:
 
 def _model_state(name: str) -> str:
     from compositor.errors import ModelUnavailableError
-    from compositor.models import get_spec, status
+    from compositor.weights import get_spec, status
 
     try:
         return status(get_spec(name)).state
@@ -768,7 +768,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from compositor.models import load_manifest, status
+    from compositor.weights import load_manifest, status
 
     for spec in load_manifest().values():
         result = status(spec, args.model_home)
@@ -780,7 +780,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 def _models_fetch(args: argparse.Namespace) -> int:
     from compositor.errors import ModelUnavailableError
-    from compositor.models import default_model_name, fetch
+    from compositor.weights import default_model_name, fetch
 
     code = EXIT_OK
     for name in args.names or [default_model_name()]:

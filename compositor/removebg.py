@@ -33,7 +33,7 @@ from compositor.threads import limited, render_threads
 from compositor.timings import StageTimings
 
 if TYPE_CHECKING:
-    from compositor.models import ModelSpec
+    from compositor.weights import ModelSpec
 
 # onnxruntime phones home from a background thread unless this is set before
 # it is imported; an offline tool must never do that.
@@ -167,7 +167,7 @@ def get_remover(options: RemovalOptions) -> BackgroundRemover:
         remover = _sessions.get(key)
         if remover is None:
             # Imported here: a render without removeBg never needs the model registry.
-            from compositor.models import ModelDamagedError, corrupt_message, get_spec, loadable_path
+            from compositor.weights import ModelDamagedError, corrupt_message, get_spec, loadable_path
 
             spec = get_spec(options.model)
             weights = loadable_path(options.model, options.model_home)  # its content checked, once a process

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from compositor import models as registry
+from compositor import weights as registry
 from compositor.cli import main
-from compositor.models import ModelUnavailableError, get_spec, model_path, status
 from compositor.removebg import RemovalOptions, get_remover, reset_sessions
+from compositor.weights import ModelUnavailableError, get_spec, model_path, status
 from tests.test_controls import FOREGROUND
 from tests.test_mirror import CONFIG, call, start_server, wait_for
 

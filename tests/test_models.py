@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 from compositor import ModelUnavailableError
-from compositor import models as registry
+from compositor import weights as registry
 from compositor.cli import main
-from compositor.models import fetch, get_spec, model_path, status, verified_path
 from compositor.removebg import RemovalOptions, get_remover, modnet_input_size
+from compositor.weights import fetch, get_spec, model_path, status, verified_path
 from tests.conftest import PEER
 from tests.test_controls import FOREGROUND
 from tests.test_mirror import CONFIG, call, start_server, wait_for

@@ -17,8 +17,8 @@ from PIL import Image
 import compositor
 from compositor import ModelUnavailableError, RemovalOptions, RenderOptions, SourcePolicy, render
 from compositor.cli import main
-from compositor.models import fetch, get_spec, model_path, status
 from compositor.removebg import get_remover, remove_background, reset_sessions, select_providers
+from compositor.weights import fetch, get_spec, model_path, status
 from tests.conftest import PEER
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"

@@ -19,9 +19,9 @@ from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.settings import BY_KEY
 from compositor.mirror.webhooks import RetryPolicy
-from compositor.models import model_names
 from compositor.outbound import is_loopback_name
 from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
+from compositor.weights import model_names
 
 DEFAULT_PORT = 8080
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"

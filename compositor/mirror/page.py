@@ -30,10 +30,10 @@ from compositor.mirror.models import ApiError, StoreError, StoreFullError
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview
-from compositor.models import load_manifest, model_names, status
 from compositor.pool import WorkerDied, WorkerError
 from compositor.request import validate
 from compositor.sources import sniff_type
+from compositor.weights import load_manifest, model_names, status
 
 PREVIEW_MAX_SIDE = 1024
 # Page tasks (previews, upload checks) waiting or running at once; past this
