@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from enum import IntEnum
-from typing import TYPE_CHECKING
+from compositor.codes import ApiCode
+from compositor.report import ValidationReport
 
-if TYPE_CHECKING:
-    from compositor.request import ValidationReport
-
-
-class ApiCode(IntEnum):
-    """Result codes as upstream documents them (SPEC.md, Responses)."""
-
-    SUCCESS = 1000
-    PARAMETER_ERROR = 1003
-    TOO_FREQUENT = 1005
-    QUOTA_NOT_ENOUGH = 1006
-    INVALID_AUTHORIZATION = 1101
-    AUTHORIZATION_EMPTY = 1102
-    IMAGE_PROCESSING_ERROR = 1108
-    ACCOUNT_BANNED = 1200
-    BACKGROUND_CHANGE_ERROR = 1206
+__all__ = ["ApiCode", "CompositorError", "InvalidRequestError", "ModelUnavailableError", "SourceError"]
 
 
 class CompositorError(Exception):

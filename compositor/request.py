@@ -8,12 +8,14 @@ almost certainly not what their author meant.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from compositor.errors import ApiCode, InvalidRequestError
+from compositor.errors import InvalidRequestError
 from compositor.geometry import Size, clip_to_canvas, parse_offset, parse_size
-from compositor.sources import check_source_reference
+from compositor.layout import CompositeRequest, Layer
+from compositor.references import check_source_reference
+from compositor.report import Problem, ValidationReport
 
 _COLOR_PATTERN = re.compile(r"#[0-9a-fA-F]{6}")
 
@@ -87,66 +89,6 @@ class Limits:
     max_canvas_pixels: int = 8192 * 8192  # 256 MiB as RGBA
     max_layer_side: int = 32768
     max_offset: int = 1_000_000
-
-
-@dataclass(frozen=True)
-class Layer:
-    source: str
-    size: Size | None  # None: the image's natural size (templates only)
-    x: int
-    y: int
-
-
-@dataclass(frozen=True)
-class CompositeRequest:
-    canvas: Size
-    color: tuple[int, int, int] | None
-    template: Layer | None
-    foreground: Layer
-    remove_bg: bool
-    webhook_url: str | None
-
-
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    message: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {"field": self.field, "message": self.message}
-
-
-@dataclass
-class ValidationReport:
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    request: CompositeRequest | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    @property
-    def code(self) -> ApiCode:
-        return ApiCode.SUCCESS if self.ok else ApiCode.PARAMETER_ERROR
-
-    @property
-    def message(self) -> str:
-        if self.ok:
-            return "OK"  # as the API says it
-        first = self.errors[0]
-        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
-        return f"{first.field}: {first.message}{more}"
-
-    def envelope(self) -> dict[str, Any]:
-        return {
-            "code": int(self.code),
-            "msg": self.message,
-            "data": {
-                "errors": [p.as_dict() for p in self.errors],
-                "warnings": [p.as_dict() for p in self.warnings],
-            },
-        }
 
 
 def validate(body: object, *, strict: bool = False, limits: Limits | None = None) -> ValidationReport:

@@ -25,11 +25,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from compositor.budget import MemoryBudget
 from compositor.errors import CompositorError, SourceError
+from compositor.references import DATA_HEADER as _DATA_HEADER
+from compositor.references import SCHEME as _SCHEME
+from compositor.references import check_source_reference
 from compositor.sourcemap import SourceMap
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # JPEG covers MPO (camera JPEGs)
-_SCHEME = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*):")
-_DATA_HEADER = re.compile(r"data:([a-zA-Z0-9!#$&^_.+-]+/[a-zA-Z0-9!#$&^_.+-]+)?((?:;[^,;]+)*),", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -63,29 +64,6 @@ class SourcePolicy:
     def unreachable(self) -> str:
         """The reason of every http(s) source that cannot be had without saying why."""
         return f"could not be fetched (the connection failed, or no whole answer came within {self.deadline_s:g} s)"
-
-
-def check_source_reference(ref: str) -> str | None:
-    """A static check of a source string: the problem, or None if it is usable."""
-    if ref.startswith("data:"):
-        return None if _DATA_HEADER.match(ref) else "is not a valid data: URI (expected data:[type][;base64],...)"
-    scheme = _SCHEME.match(ref)
-    if scheme is None or len(scheme.group(1)) == 1:  # "C:\..." is a path
-        return None
-    name = scheme.group(1).lower()
-    try:
-        parts = urlsplit(ref)
-        host = parts.hostname
-        parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
-    except ValueError as exc:  # "[" in the host, a port that is not a number
-        return f"is not a valid URL ({exc})"
-    if "\0" in ref:
-        return "contains a NUL character"
-    if name in ("http", "https"):
-        return None if host else "is an http(s) URL without a host"
-    if name == "file":
-        return None if parts.path else "is a file: URL without a path"
-    return f"has an unsupported scheme {name!r} (use http, https, file, data or a path)"
 
 
 def read_source(ref: str, field: str, policy: SourcePolicy) -> bytes:
