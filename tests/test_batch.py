@@ -308,9 +308,9 @@ def test_resume_after_a_report_cut_mid_line_starts_on_a_fresh_line(tmp_path: Pat
 
 def test_the_batch_line_cap_is_the_single_body_cap() -> None:
     from compositor import batch as batch_module
-    from compositor import cli
+    from compositor.commands import common
 
-    assert batch_module.MAX_ITEM_BYTES == cli.MAX_BODY_BYTES
+    assert batch_module.MAX_ITEM_BYTES == common.MAX_BODY_BYTES
 
 
 def test_a_line_over_the_cap_fails_alone_naming_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

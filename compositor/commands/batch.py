@@ -1,0 +1,94 @@
+"""`compositor batch`: many bodies on the local cores or a Dask cluster."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from compositor.commands.common import EXIT_UNUSABLE, add_source_map_argument, read_source_map
+from compositor.weights import model_names
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    batch = commands.add_parser(
+        "batch", help="render many bodies (JSONL or a folder of .json) on the local cores or a Dask cluster"
+    )
+    batch.add_argument("input", type=Path, help="a JSONL file (a body, or {id, body}, a line) or a folder of *.json")
+    batch.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="results and report.jsonl")
+    batch.add_argument("--workers", type=int, help="local render processes (default: the core count)")
+    batch.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="render on this Dask cluster instead")
+    batch.add_argument("--resume", action="store_true", help="skip items whose output exists; append to the report")
+    batch.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
+    add_source_map_argument(batch)
+    batch.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run_batch(args)
+    except KeyboardInterrupt:  # outside the run's own handling: counting the input, starting or stopping workers
+        print("compositor: interrupted; what was written stays whole (--resume carries on)", file=sys.stderr)
+        return 130
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from compositor.batch import BatchInputError, BatchRun, Progress, count_items, read_items
+    from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
+    from compositor.heap import prepare_render_process
+    from compositor.sourcemap import SourceMapError
+
+    source: Path = args.input
+    if not source.exists():
+        print(f"compositor: no input at {source}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not source.is_dir() and not source.is_file():
+        print(f"compositor: {source} is neither a JSONL file nor a folder", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.workers is not None and args.workers < 1:
+        print("compositor: --workers must be 1 or more", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        source_map = read_source_map(args)
+        total = count_items(source)
+        args.output.mkdir(parents=True, exist_ok=True)
+        probe = args.output / ".compositor-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (BatchInputError, SourceMapError) as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except OSError as exc:
+        print(f"compositor: cannot write to {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        executor: RenderExecutor = (
+            DaskExecutor(args.scheduler)
+            if args.scheduler
+            else LocalExecutor(args.workers or os.cpu_count() or 1, name="batch", initializer=prepare_render_process)
+        )
+    except ExecutorUnavailable as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if args.scheduler:  # Dask's own INFO lines (set when it was imported; a lost connection's traceback among them)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    run = BatchRun(
+        args.output, executor, source_map=source_map, model=args.model, resume=args.resume, progress=Progress(total)
+    )
+    try:
+        summary = run.run(read_items(source))
+    except BatchInputError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    finally:
+        executor.shutdown()
+    report = args.output / "report.jsonl"
+    line = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped; report in {report}"
+    if summary.stopped_by == "interrupted":
+        line = f"interrupted: {line}; {summary.not_run} under way were dropped (--resume carries on)"
+    elif summary.stopped_by is not None:
+        line = f"stopped, {summary.stopped_by}: {line}; {summary.not_run} under way were dropped (--resume carries on)"
+    print(f"compositor: {line}", file=sys.stderr)
+    return summary.exit_code
