@@ -32,7 +32,10 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compositor.mirror.models import COMPLETED, PROCESSING, Client, JobStore, _queue_notice, now_ms  # noqa: E402
+from compositor.mirror.accounts import Client  # noqa: E402
+from compositor.mirror.database import now_ms  # noqa: E402
+from compositor.mirror.jobs import COMPLETED, PROCESSING, JobStore  # noqa: E402
+from compositor.mirror.outbox import queue_notice  # noqa: E402
 
 SECRET = "bench-bench-bench-bench-bench-32"
 CLIENT = Client("bench", SECRET)
@@ -57,12 +60,11 @@ def write_backlog(data_dir: Path, count: int, dead_url: str) -> None:
     store = JobStore(data_dir / "jobs.sqlite3")
     body = {"canvas_size": "8x8", "webhookUrl": dead_url}
     jobs = [store.create(CLIENT, body) for _ in range(count)]
-    with store._transaction() as db:
+    with store._database.transaction() as db:
         for job in jobs:
             db.execute("UPDATE jobs SET status = ?, image_url = 'u' WHERE id = ?", (COMPLETED, job.id))
-            _queue_notice(db, job, PROCESSING)
-            job.image_url = "u"
-            _queue_notice(db, job, COMPLETED)
+            queue_notice(db, job.id, job.client_id, dead_url, PROCESSING, None, once=True)
+            queue_notice(db, job.id, job.client_id, dead_url, COMPLETED, "u")
     store.close()
 
 
@@ -166,8 +168,8 @@ def time_due_query(backlog: int, repeats: int = 200) -> float:
     write_backlog(data, backlog, dead)
     store = JobStore(data / "jobs.sqlite3")
     if backlog:
-        [probe] = store.due_notices(now_ms(), set(), limit=1, per_lane=1)
-        store.notice_attempted(
+        [probe] = store.outbox.due_notices(now_ms(), set(), limit=1, per_lane=1)
+        store.outbox.notice_attempted(
             probe.id,
             delivered=False,
             http_status=None,
@@ -177,7 +179,7 @@ def time_due_query(backlog: int, repeats: int = 200) -> float:
         )
     started = time.perf_counter()
     for _ in range(repeats):
-        store.due_notices(now_ms(), set(), limit=32)
+        store.outbox.due_notices(now_ms(), set(), limit=32)
     elapsed = (time.perf_counter() - started) / repeats
     store.close()
     return 1000 * elapsed

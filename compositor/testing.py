@@ -116,7 +116,7 @@ class BackgroundChangeMock(MirrorControl):
 
     def client_id_for(self, api_key: str) -> str:
         """The client id the mock gives callers with this `x-api-key` (as fault rules and the journal name it)."""
-        from compositor.mirror.models import open_client
+        from compositor.mirror.accounts import open_client
 
         return open_client(api_key)[0]
 

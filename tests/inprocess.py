@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from compositor.mirror.models import Client
+from compositor.mirror.accounts import Client
 from compositor.mirror.responses import create_app
 from compositor.mirror.service import Mirror, MirrorSettings
 from compositor.testing import RESULTS_BASE_URL, _InProcessClient
@@ -63,5 +63,5 @@ def body(**overrides: Any) -> dict[str, Any]:
 
 
 def credits_used(mirror: Mirror) -> int:
-    rows = mirror.store._read("SELECT COALESCE(SUM(used), 0) AS used FROM credits")
+    rows = mirror.store._database.read("SELECT COALESCE(SUM(used), 0) AS used FROM credits")
     return int(rows[0]["used"])

@@ -14,8 +14,9 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from compositor.mirror.accounts import Client
 from compositor.mirror.controls import JobPolicy
-from compositor.mirror.models import Client, JobStore
+from compositor.mirror.jobs import JobStore
 from tests.test_mirror import CONFIG, INFO, SECRET, SUBMIT, body, call, start_server, wait_for
 from tests.test_mirror_faults import fill, tmpfs  # noqa: F401  (a fixture)
 
@@ -29,7 +30,7 @@ def _stored_before_the_door(data_dir: Path) -> dict[str, str]:
     hostile_hook = store.create(ALPHA, body(webhookUrl="http://127.0.0.1:9/\udc80")).id
     held = store.create(ALPHA, body(webhookUrl="http://127.0.0.1:9/\udc81"), JobPolicy(queueing_polls=1000)).id
     unreadable = store.create(ALPHA, body()).id
-    store._db.execute("UPDATE jobs SET body = '{not json' WHERE id = ?", (unreadable,))
+    store._database._db.execute("UPDATE jobs SET body = '{not json' WHERE id = ?", (unreadable,))
     store.close()
     return {"hostile_hook": hostile_hook, "held": held, "unreadable": unreadable}
 

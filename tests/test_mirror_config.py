@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from compositor.mirror import config
-from compositor.mirror.models import Accounts, ApiError, Client
+from compositor.mirror.accounts import Accounts, Client
+from compositor.mirror.api_error import ApiError
 
 SECRET = "0123456789abcdef"
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from compositor.mirror.models import COMPLETED, PROCESSING, Client, JobStore, lane_of, now_ms
+from compositor.mirror.accounts import Client
+from compositor.mirror.database import now_ms
+from compositor.mirror.jobs import COMPLETED, PROCESSING, JobStore
+from compositor.mirror.outbox import lane_of
 
 CLIENT = Client("alpha", "a" * 32)
 
@@ -22,12 +25,12 @@ def test_each_state_change_queues_its_notice_in_the_same_store(tmp_path: Path) -
     claimed = store.claim_next()
     assert claimed is not None and claimed.id == job_id
     store.complete(job_id, "r.png", "http://mirror/results/r.png")
-    notices = store.notices(job_id)
+    notices = store.outbox.notices(job_id)
     assert [n["status"] for n in notices] == [PROCESSING, COMPLETED]
     assert notices[1]["result_url"] == "http://mirror/results/r.png"
     store.close()
     reopened = JobStore(tmp_path / "jobs.sqlite3")  # a restart keeps what is owed
-    assert [n["state"] for n in reopened.notices(job_id)] == ["pending", "pending"]
+    assert [n["state"] for n in reopened.outbox.notices(job_id)] == ["pending", "pending"]
 
 
 def test_a_jobs_later_notice_waits_for_its_earlier_one(tmp_path: Path) -> None:
@@ -35,12 +38,15 @@ def test_a_jobs_later_notice_waits_for_its_earlier_one(tmp_path: Path) -> None:
     job_id = job_with_hook(store, "http://receiver.example/hook")
     store.claim_next()
     store.complete(job_id, "r.png", "u")
-    first = store.due_notices(10**15, set(), limit=10)
+    first = store.outbox.due_notices(10**15, set(), limit=10)
     assert [n.status for n in first] == [PROCESSING]
-    store.notice_attempted(first[0].id, delivered=False, http_status=503, error="HTTP 503", retry_at_ms=10**15 + 5)
-    assert store.due_notices(10**15, set(), limit=10) == []  # the failed one is not due yet, and the next waits for it
-    store.notice_attempted(first[0].id, delivered=True, http_status=200, error=None, retry_at_ms=None)
-    assert [n.status for n in store.due_notices(10**15, set(), limit=10)] == [COMPLETED]
+    store.outbox.notice_attempted(
+        first[0].id, delivered=False, http_status=503, error="HTTP 503", retry_at_ms=10**15 + 5
+    )
+    # the failed one is not due yet, and the next waits for it
+    assert store.outbox.due_notices(10**15, set(), limit=10) == []
+    store.outbox.notice_attempted(first[0].id, delivered=True, http_status=200, error=None, retry_at_ms=None)
+    assert [n.status for n in store.outbox.due_notices(10**15, set(), limit=10)] == [COMPLETED]
 
 
 def test_a_busy_receivers_backlog_does_not_hide_another_receivers_notice(tmp_path: Path) -> None:
@@ -50,7 +56,7 @@ def test_a_busy_receivers_backlog_does_not_hide_another_receivers_notice(tmp_pat
         store.claim_next()
     fast = job_with_hook(store, "http://fast.example/hook")
     store.claim_next()
-    due = store.due_notices(10**15, {lane_of("alpha", "slow.example:8000")}, limit=5)
+    due = store.outbox.due_notices(10**15, {lane_of("alpha", "slow.example:8000")}, limit=5)
     assert [n.job_id for n in due] == [fast]
 
 
@@ -60,7 +66,7 @@ def test_a_retried_job_does_not_notify_processing_twice(tmp_path: Path) -> None:
     store.claim_next()
     store.requeue(job_id)
     store.claim_next()
-    assert [n["status"] for n in store.notices(job_id)] == [PROCESSING]
+    assert [n["status"] for n in store.outbox.notices(job_id)] == [PROCESSING]
 
 
 def test_a_client_at_its_limit_does_not_hide_another_clients_notice(tmp_path: Path) -> None:
@@ -71,7 +77,7 @@ def test_a_client_at_its_limit_does_not_hide_another_clients_notice(tmp_path: Pa
     other = Client("beta", "b" * 32)
     fast = store.create(other, {"canvas_size": "8x8", "webhookUrl": "http://fast.example/hook"}).id
     store.claim_next()
-    assert [n.job_id for n in store.due_notices(10**15, set(), {"alpha"}, limit=5)] == [fast]
+    assert [n.job_id for n in store.outbox.due_notices(10**15, set(), {"alpha"}, limit=5)] == [fast]
 
 
 def test_a_webhook_url_that_does_not_parse_is_refused_by_validation() -> None:
@@ -87,8 +93,8 @@ def test_a_notice_being_delivered_is_not_due_again(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     job_with_hook(store, "http://receiver.example/hook")
     store.claim_next()
-    [first] = store.due_notices(10**15, set(), limit=10)
-    assert store.due_notices(10**15, set(), limit=10, in_flight={first.id}) == []
+    [first] = store.outbox.due_notices(10**15, set(), limit=10)
+    assert store.outbox.due_notices(10**15, set(), limit=10, in_flight={first.id}) == []
 
 
 def test_the_outbox_delivers_each_notice_once_to_a_slow_receiver(tmp_path: Path) -> None:
@@ -97,7 +103,7 @@ def test_the_outbox_delivers_each_notice_once_to_a_slow_receiver(tmp_path: Path)
     import time
     from collections import Counter
 
-    from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
+    from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
     from compositor.outbound import OutboundPolicy
 
     received: Counter[str] = Counter()
@@ -121,17 +127,18 @@ def test_the_outbox_delivers_each_notice_once_to_a_slow_receiver(tmp_path: Path)
     for index in range(6):
         jobs.append(job_with_hook(store, f"http://127.0.0.1:{httpd.server_address[1]}/hook/{index}"))
         store.claim_next()
-    outbox = WebhookOutbox(store, lambda _: "a" * 32, RetryPolicy(timeout_s=5), OutboundPolicy(deadline_s=5))
+    outbox = WebhookDispatcher(store.outbox, lambda _: "a" * 32, RetryPolicy(timeout_s=5), OutboundPolicy(deadline_s=5))
     outbox.start()
     try:
-        deadline = time.monotonic() + 20
-        while any(n["state"] != "delivered" for j in jobs for n in store.notices(j)) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 90
+        while any(n["state"] != "delivered" for j in jobs for n in store.outbox.notices(j)):
+            assert time.monotonic() < deadline, "waited 90 s for the six notices to be delivered"
             time.sleep(0.1)
-        time.sleep(1.0)  # anything sent twice would land by now
+        time.sleep(1.0)  # anything sent twice would land by now (a negative check: a slow machine only weakens it)
     finally:
         outbox.stop()
         httpd.shutdown()
-    assert all(n["state"] == "delivered" and n["attempts"] == 1 for j in jobs for n in store.notices(j))
+    assert all(n["state"] == "delivered" and n["attempts"] == 1 for j in jobs for n in store.outbox.notices(j))
     assert sorted(received.values()) == [1] * 6
 
 
@@ -144,7 +151,7 @@ def test_one_clients_busy_lane_does_not_hold_another_clients_notices_to_the_same
     theirs = store.create(other, {"canvas_size": "8x8", "webhookUrl": "http://shared.example:9000/b"}).id
     store.claim_next()
     busy = {lane_of("alpha", "shared.example:9000")}
-    assert [n.job_id for n in store.due_notices(10**15, busy, limit=5)] == [theirs]
+    assert [n.job_id for n in store.outbox.due_notices(10**15, busy, limit=5)] == [theirs]
 
 
 def test_a_failing_receiver_backs_off_its_whole_lane_and_a_delivery_clears_it(tmp_path: Path) -> None:
@@ -154,8 +161,8 @@ def test_a_failing_receiver_backs_off_its_whole_lane_and_a_delivery_clears_it(tm
         store.claim_next()
     fine = store.create(Client("beta", "b" * 32), {"canvas_size": "8x8", "webhookUrl": "http://dead.example:9/x"}).id
     store.claim_next()
-    first, *_ = store.due_notices(now_ms(), set(), limit=1)
-    store.notice_attempted(
+    first, *_ = store.outbox.due_notices(now_ms(), set(), limit=1)
+    store.outbox.notice_attempted(
         first.id,
         delivered=False,
         http_status=None,
@@ -164,11 +171,14 @@ def test_a_failing_receiver_backs_off_its_whole_lane_and_a_delivery_clears_it(tm
         lane_delay_ms=lambda n: 60_000,
     )
     # The dead lane waits a minute, whatever its notices' own times say; the other client's lane does not.
-    assert [n.job_id for n in store.due_notices(now_ms() + 1000, set(), limit=10)] == [fine]
-    later = store.due_notices(now_ms() + 61_000, set(), limit=10, per_lane=10)
+    assert [n.job_id for n in store.outbox.due_notices(now_ms() + 1000, set(), limit=10)] == [fine]
+    later = store.outbox.due_notices(now_ms() + 61_000, set(), limit=10, per_lane=10)
     assert len([n for n in later if n.client_id == "alpha"]) == 3
-    store.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
-    assert len([n for n in store.due_notices(now_ms(), set(), limit=10, per_lane=10) if n.client_id == "alpha"]) == 2
+    store.outbox.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
+    assert (
+        len([n for n in store.outbox.due_notices(now_ms(), set(), limit=10, per_lane=10) if n.client_id == "alpha"])
+        == 2
+    )
 
 
 def test_due_notices_are_found_through_indexes_not_a_scan_of_what_is_pending(tmp_path: Path) -> None:
@@ -182,7 +192,7 @@ def test_due_notices_are_found_through_indexes_not_a_scan_of_what_is_pending(tmp
         "SELECT MIN(due_ms) FROM webhooks WHERE lane = 'x' AND state = 'pending' AND head = 1",
         "SELECT 1 FROM webhooks WHERE job_id = 'j' AND state = 'pending'",
     ):
-        plans.append(" | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + sql)))
+        plans.append(" | ".join(row[3] for row in store._database._db.execute("EXPLAIN QUERY PLAN " + sql)))
     assert all("USING" in plan and "INDEX" in plan for plan in plans), plans
     assert not any(plan.startswith("SCAN") for plan in plans), plans
 
@@ -203,7 +213,7 @@ def test_an_outbox_made_before_lanes_gets_them_at_start(tmp_path: Path) -> None:
     old.commit()
     old.close()
     reopened = JobStore(tmp_path / "jobs.sqlite3")
-    [first] = reopened.due_notices(10**15, set(), limit=10)
+    [first] = reopened.outbox.due_notices(10**15, set(), limit=10)
     assert first.status == PROCESSING
-    reopened.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
-    assert [n.status for n in reopened.due_notices(10**15, set(), limit=10)] == [COMPLETED]
+    reopened.outbox.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
+    assert [n.status for n in reopened.outbox.due_notices(10**15, set(), limit=10)] == [COMPLETED]

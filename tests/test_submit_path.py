@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from compositor.mirror import controls, models, service
-from compositor.mirror.models import Job
+from compositor.mirror import accounts, controls, service
+from compositor.mirror.jobs import Job
 from tests.inprocess import KEY, SUBMIT, body, credits_used, in_process_mirror
 
 
@@ -43,7 +43,7 @@ class _FailingConnection:
 
 def _break_statement(prefix: str) -> Callable[[pytest.MonkeyPatch, Any], None]:
     def apply(monkeypatch: pytest.MonkeyPatch, mirror: Any) -> None:
-        monkeypatch.setattr(mirror.store, "_db", _FailingConnection(mirror.store._db, prefix))
+        monkeypatch.setattr(mirror.store._database, "_db", _FailingConnection(mirror.store._database._db, prefix))
 
     return apply
 
@@ -72,4 +72,4 @@ def test_a_failure_at_any_step_of_a_submit_leaves_no_job_and_no_charge(
         assert credits_used(mirror) == 0
         after = client.request("POST", SUBMIT, headers=KEY, content=json.dumps(body())).json()
         assert after["code"] == 1000 and [job.id for job in mirror.store.jobs()] == [after["data"]["_id"]]
-        assert credits_used(mirror) == models.CREDITS_PER_JOB
+        assert credits_used(mirror) == accounts.CREDITS_PER_JOB

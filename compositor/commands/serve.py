@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     from compositor.executors import ExecutorUnavailable
     from compositor.mirror import config
     from compositor.mirror.connections import droppable_protocol
+    from compositor.mirror.database import StoreError
     from compositor.mirror.lock import DataDirInUseError
-    from compositor.mirror.models import StoreError
     from compositor.mirror.responses import create_app
     from compositor.mirror.service import Mirror
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from compositor import text
 from compositor.budget import MB
+from compositor.mirror.accounts import Client
 from compositor.mirror.controls import ControlInputError, load_scenario
-from compositor.mirror.models import Client
 from compositor.mirror.service import MirrorSettings
 from compositor.mirror.settings import BY_KEY
 from compositor.mirror.webhooks import RetryPolicy

@@ -21,9 +21,9 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from compositor import text
+from compositor.mirror.api_error import ApiError
 from compositor.mirror.controls import MAX_REASON_CHARS, ControlInputError
 from compositor.mirror.middleware import InvalidTextBody, read_json
-from compositor.mirror.models import ApiError
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem
 from compositor.mirror.service import Mirror
 

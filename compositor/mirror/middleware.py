@@ -24,8 +24,8 @@ from starlette.requests import Request
 
 from compositor import text
 from compositor.errors import ApiCode
+from compositor.mirror.api_error import ApiError
 from compositor.mirror.controls import Journal
-from compositor.mirror.models import ApiError
 
 log = logging.getLogger("compositor.mirror")
 

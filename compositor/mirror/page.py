@@ -23,10 +23,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from compositor.errors import ApiCode, CompositorError
+from compositor.mirror.api_error import ApiError
 from compositor.mirror.config import key_header_file
+from compositor.mirror.database import StoreError, StoreFullError
 from compositor.mirror.downloads import open_file_response
 from compositor.mirror.middleware import read_json
-from compositor.mirror.models import ApiError, StoreError, StoreFullError
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview

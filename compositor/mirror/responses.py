@@ -27,9 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from compositor.errors import ApiCode, InvalidRequestError
+from compositor.mirror.api_error import ApiError
 from compositor.mirror.connections import DropConnection, Dropper
 from compositor.mirror.control_routes import add_controls
+from compositor.mirror.database import StoreError
 from compositor.mirror.downloads import open_file_response
+from compositor.mirror.jobs import Job
 from compositor.mirror.middleware import (
     CONTROL_PREFIX,
     AccessLog,
@@ -40,7 +43,6 @@ from compositor.mirror.middleware import (
     log_failure,
     read_json,
 )
-from compositor.mirror.models import ApiError, Job, StoreError
 from compositor.mirror.openapi import ALIAS_PREFIX, API_PREFIX, openapi_document
 from compositor.mirror.page import add_page
 from compositor.mirror.service import Mirror

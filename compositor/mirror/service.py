@@ -26,20 +26,13 @@ from typing import Any, TypeVar
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
+from compositor.mirror.accounts import Accounts, Client
+from compositor.mirror.api_error import ApiError
 from compositor.mirror.controls import Controls, Scenario
+from compositor.mirror.database import StoreError, now_ms
+from compositor.mirror.jobs import FAILED, QUEUEING, Job, JobStore
 from compositor.mirror.lock import DataDirLock
-from compositor.mirror.models import (
-    FAILED,
-    QUEUEING,
-    Accounts,
-    ApiError,
-    Client,
-    Job,
-    JobStore,
-    StoreError,
-    now_ms,
-)
-from compositor.mirror.webhooks import RetryPolicy, WebhookOutbox
+from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
 from compositor.mirror.worker import RenderOutcome, prepare_worker, render_png, render_to_file, store_png
 from compositor.outbound import OutboundPolicy
 from compositor.pool import WorkerDied, WorkerPool
@@ -149,8 +142,8 @@ class Mirror:
         except BaseException:
             self._lock.release()
             raise
-        self.webhooks = WebhookOutbox(
-            self.store,
+        self.webhooks = WebhookDispatcher(
+            self.store.outbox,
             self._secret_for,
             settings.webhook_retry,
             OutboundPolicy(
@@ -290,7 +283,7 @@ class Mirror:
                 "last_error": notice["last_error"],
                 "delivered": notice["state"] == "delivered",
             }
-            for notice in self.store.notices()
+            for notice in self.store.outbox.notices()
         ]
 
     def reset(self) -> None:

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from compositor.mirror.controls import Faults
-from compositor.mirror.models import JobStore, Notice, StoreError, now_ms
+from compositor.mirror.database import StoreError, now_ms
+from compositor.mirror.outbox import Notice, Outbox
 from compositor.outbound import OutboundError, OutboundPolicy, new_client, post_json
 
 log = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ class RetryPolicy:
         return float(min(self.first_delay_s * 2 ** (attempt - 1), self.max_delay_s))
 
 
-class WebhookOutbox:
-    """Delivers the store's webhook outbox: a thread with an event loop, many
+class WebhookDispatcher:
+    """Delivers the webhook outbox: a thread with an event loop, many
     deliveries at once (at most `per_host` to one receiver and `per_client`
     for one client, so a slow one delays only its own), a job's notices in order, each attempt under one
     deadline, and every attempt recorded in the store, so nothing owed is
@@ -88,7 +89,7 @@ class WebhookOutbox:
 
     def __init__(
         self,
-        store: JobStore,
+        outbox: Outbox,
         secret_for: Callable[[str], str | None],
         retry: RetryPolicy,
         network: OutboundPolicy,
@@ -96,7 +97,7 @@ class WebhookOutbox:
     ) -> None:
         self.retry = retry
         self.faults = faults  # the test controls' rules for the operation "webhook"
-        self._store = store
+        self._outbox = outbox
         self._secret_for = secret_for
         self._network = network
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -164,7 +165,7 @@ class WebhookOutbox:
         busy_lanes = {lane for lane, count in lanes.items() if count >= self.retry.per_host}
         busy_clients = {c for c, count in clients.items() if count >= self.retry.per_client}
         due = await asyncio.to_thread(
-            self._store.due_notices, now_ms(), busy_lanes, busy_clients, free, set(in_flight), self.retry.per_host
+            self._outbox.due_notices, now_ms(), busy_lanes, busy_clients, free, set(in_flight), self.retry.per_host
         )
         for notice in due:
             if (
@@ -226,7 +227,7 @@ class WebhookOutbox:
             log.warning("webhook for job %s abandoned after %d attempt(s): %s", notice.job_id, attempt, error)
         try:
             await asyncio.to_thread(
-                self._store.notice_attempted,
+                self._outbox.notice_attempted,
                 notice.id,
                 delivered=delivered,
                 http_status=status,
