@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -32,9 +31,9 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
-from compositor import text
+from compositor.catalogue import READ_CHUNK, Item, field_problem
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
 from compositor.files import write_atomically
 from compositor.signals import signals_noted
@@ -43,23 +42,8 @@ from compositor.sourcemap import SourceMap
 REPORT_NAME = "report.jsonl"
 IN_FLIGHT_PER_WORKER = 2  # enough to keep a worker busy while its last answer travels back
 ATTEMPTS = 2  # a local item whose worker died is run once more
-# An item's most bytes: a JSONL line or a folder's file. The same cap as a single body's `render`
-# (cli.MAX_BODY_BYTES): a body is a few hundred bytes, data: URIs make it megabytes.
-MAX_ITEM_BYTES = 256 * 1024 * 1024
-READ_CHUNK = 1024 * 1024  # the input is read this much at a time: a line over the cap is skipped, never held
 # How long a batch waits for a cluster that went away (the executor reconnects meanwhile) before it stops.
 RECONNECT_PATIENCE_S = 60.0
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-
-@dataclass(frozen=True)
-class Item:
-    """One body to render; `problem` set when it cannot even be read (it fails as it is)."""
-
-    id: str
-    body: Any
-    base_dir: str
-    problem: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,136 +71,11 @@ class BatchSummary:
         return 1 if self.failed else 0
 
 
-class BatchInputError(Exception):
-    """The input cannot be read at all; the message says why, in one line."""
-
-
 class BatchOutputError(Exception):
     """An output (a result, the report) cannot be written: the batch stops; the message says which, in one line."""
 
     def __init__(self, path: Path, exc: OSError) -> None:
         super().__init__(f"cannot write {path}: {exc.strerror or exc}")
-
-
-# --- reading the input ----------------------------------------------------------
-
-
-def count_items(source: Path) -> int:
-    """How many items the input holds (a quick pass, for the progress bar)."""
-    if source.is_dir():
-        return sum(1 for _ in source.glob("*.json"))
-    with _open(source) as lines:
-        return sum(1 for line in _lines(lines, keep=False) if line != b"")
-
-
-def read_items(source: Path) -> Iterator[Item]:
-    """The input's items, one at a time: a JSONL file (a body a line, or
-    `{"id", "body"}`; ids default to the line number, 6 digits) or a folder of
-    `*.json` (the id is the file's stem). Relative paths in bodies resolve
-    against the file's folder. An id used twice, or one that is not a safe
-    file name, fails that item."""
-    seen: set[str] = set()
-    for item in _folder_items(source) if source.is_dir() else _jsonl_items(source):
-        if item.problem is None and not _ID.fullmatch(item.id):
-            item = Item(
-                item.id, None, item.base_dir, _problem("id", "must be 1-200 of A-Z a-z 0-9 . _ - (a file name)")
-            )
-        elif item.problem is None and item.id in seen:
-            item = Item(item.id, None, item.base_dir, _problem("id", "is used by an earlier item"))
-        seen.add(item.id)
-        yield item
-
-
-def _open(source: Path) -> BinaryIO:
-    try:
-        return source.open("rb")
-    except OSError as exc:
-        raise BatchInputError(f"cannot read {source}: {exc.strerror or exc}") from None
-
-
-def _lines(file: BinaryIO, *, keep: bool = True) -> Iterator[bytes | None]:
-    """Each line's bytes (its newline left on), read READ_CHUNK at a time;
-    None for a line over MAX_ITEM_BYTES, which is read through and dropped,
-    never held. With `keep` false (counting), a line is only b"" if it is
-    blank, else b"-": nothing is held."""
-    cap = MAX_ITEM_BYTES
-    while chunk := file.readline(READ_CHUNK):
-        size, blank = len(chunk), chunk.isspace()
-        held = [chunk] if keep else []
-        while not chunk.endswith(b"\n"):
-            chunk = file.readline(READ_CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            blank = blank and chunk.isspace()
-            if size - chunk.endswith(b"\n") > cap:
-                held = []  # over the cap: the rest is read through, not kept
-            elif keep:
-                held.append(chunk)
-        if size - chunk.endswith(b"\n") > cap:
-            yield None
-        elif not keep:
-            yield b"" if blank else b"-"
-        else:
-            if len(held) > 1:
-                held[:] = [b"".join(held)]
-            yield held.pop()  # handed over, not kept here: the reader frees it when it is parsed
-
-
-def _jsonl_items(source: Path) -> Iterator[Item]:
-    base = str(source.resolve().parent)
-    with _open(source) as lines:
-        number = 0
-        for raw in _lines(lines):
-            if raw is not None and raw.isspace():
-                continue
-            number += 1
-            default_id = f"{number:06d}"
-            if raw is None:
-                yield Item(default_id, None, base, _problem("body", f"is larger than {MAX_ITEM_BYTES} bytes"))
-                continue
-            line = raw.decode("utf-8", "surrogateescape")
-            del raw
-            try:
-                value = json.loads(line)
-            except (ValueError, RecursionError) as exc:
-                yield Item(default_id, None, base, _problem("body", f"is not valid JSON: {str(exc)[:200]}"))
-                continue
-            finally:
-                del line
-            bad_text = text.unencodable_field(value)
-            if bad_text is not None:  # bytes that are not UTF-8, or the escape of a lone surrogate
-                yield Item(default_id, None, base, _problem(bad_text, text.MESSAGE))
-                continue
-            if isinstance(value, dict) and set(value) == {"id", "body"}:
-                item_id = value["id"] if isinstance(value["id"], str) else repr(value["id"])
-                yield Item(item_id, value["body"], base)
-            else:
-                yield Item(default_id, value, base)
-
-
-def _folder_items(source: Path) -> Iterator[Item]:
-    base = str(source.resolve())
-    for path in sorted(source.glob("*.json")):
-        try:
-            with path.open("rb") as file:
-                raw = file.read(MAX_ITEM_BYTES + 1)
-            if len(raw) > MAX_ITEM_BYTES:
-                yield Item(path.stem, None, base, _problem("body", f"is larger than {MAX_ITEM_BYTES} bytes"))
-                continue
-            body = json.loads(raw.decode("utf-8"))
-        except OSError as exc:
-            yield Item(path.stem, None, base, _problem("body", f"cannot be read ({exc.strerror or exc})"))
-        except (ValueError, RecursionError) as exc:
-            yield Item(path.stem, None, base, _problem("body", f"is not valid JSON: {str(exc)[:200]}"))
-        else:
-            bad_text = text.unencodable_field(body)
-            problem = _problem(bad_text, text.MESSAGE) if bad_text is not None else None
-            yield Item(path.stem, None if problem else body, base, problem)
-
-
-def _problem(field_name: str, message: str) -> dict[str, str]:
-    return {"field": field_name, "message": message}
 
 
 # --- on a worker -------------------------------------------------------------------
@@ -237,19 +96,19 @@ def render_item(body: Any, base_dir: str, source_map: SourceMap | None, model: s
     set_render_threads(1)  # items run side by side, one a worker: threads inside one would fight the others
     started = time.perf_counter()
     report = validate(body)
-    if not report.ok:
+    if report.request is None:
         return ItemOutcome(None, int(report.code), [p.as_dict() for p in report.errors], _since(started))
     options = RenderOptions(
         sources=SourcePolicy(base_dir=Path(base_dir), source_map=source_map), removal=RemovalOptions(model=model)
     )
     try:
-        png = encode(render_array(body, options=options))
+        png = encode(render_array(report.request, options=options))  # parsed once, by the validation above
     except SourceError as exc:
-        return ItemOutcome(None, int(exc.code), [_problem(exc.field, exc.reason)], _since(started))
+        return ItemOutcome(None, int(exc.code), [field_problem(exc.field, exc.reason)], _since(started))
     except CompositorError as exc:
-        return ItemOutcome(None, int(exc.code), [_problem("body", str(exc))], _since(started))
+        return ItemOutcome(None, int(exc.code), [field_problem("body", str(exc))], _since(started))
     except MemoryError:
-        return ItemOutcome(None, 1206, [_problem("body", "the render ran out of memory")], _since(started))
+        return ItemOutcome(None, 1206, [field_problem("body", "the render ran out of memory")], _since(started))
     return ItemOutcome(png, 1000, [], _since(started))
 
 
@@ -374,11 +233,11 @@ class BatchRun:
             if pending.attempts < ATTEMPTS:
                 in_flight[self._submit(item)] = _Pending(item, pending.attempts + 1)
             else:
-                self._record(item, "failed", 1206, [_problem("body", f"{exc}, {pending.attempts} times")], 0.0)
+                self._record(item, "failed", 1206, [field_problem("body", f"{exc}, {pending.attempts} times")], 0.0)
             return
         except WorkerError as exc:
             self._away_since = None
-            self._record(item, "failed", 1206, [_problem("body", f"the render failed: {exc}")], 0.0)
+            self._record(item, "failed", 1206, [field_problem("body", f"the render failed: {exc}")], 0.0)
             return
         self._away_since = None
         if outcome.png is None:

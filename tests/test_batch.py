@@ -307,16 +307,16 @@ def test_resume_after_a_report_cut_mid_line_starts_on_a_fresh_line(tmp_path: Pat
 
 
 def test_the_batch_line_cap_is_the_single_body_cap() -> None:
-    from compositor import batch as batch_module
+    from compositor import catalogue
     from compositor.commands import common
 
-    assert batch_module.MAX_ITEM_BYTES == common.MAX_BODY_BYTES
+    assert catalogue.MAX_ITEM_BYTES == common.MAX_BODY_BYTES
 
 
 def test_a_line_over_the_cap_fails_alone_naming_body(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import compositor.batch
+    import compositor.catalogue
 
-    monkeypatch.setattr(compositor.batch, "MAX_ITEM_BYTES", 4096)
+    monkeypatch.setattr(compositor.catalogue, "MAX_ITEM_BYTES", 4096)
     padded = body(2, template_url="x" * 5000)  # valid JSON, 5 KB: over the (lowered) cap
     source = write_jsonl(tmp_path / "in.jsonl", [body(1), padded, "", body(3)])
     out = tmp_path / "out"
@@ -330,9 +330,9 @@ def test_a_line_over_the_cap_fails_alone_naming_body(tmp_path: Path, monkeypatch
 def test_a_line_over_the_cap_is_read_without_holding_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tracemalloc
 
-    import compositor.batch
+    import compositor.catalogue
 
-    monkeypatch.setattr(compositor.batch, "MAX_ITEM_BYTES", 1 << 20)
+    monkeypatch.setattr(compositor.catalogue, "MAX_ITEM_BYTES", 1 << 20)
     source = tmp_path / "in.jsonl"
     with source.open("w") as sink:
         sink.write(json.dumps(body(1)) + "\n")
@@ -340,8 +340,8 @@ def test_a_line_over_the_cap_is_read_without_holding_it(tmp_path: Path, monkeypa
         sink.write(json.dumps(body(3)) + "\n")
     tracemalloc.start()
     try:
-        total = compositor.batch.count_items(source)
-        items = [(item.id, item.problem) for item in compositor.batch.read_items(source)]
+        total = compositor.catalogue.count_items(source)
+        items = [(item.id, item.problem) for item in compositor.catalogue.read_items(source)]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -594,7 +594,7 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal() -> None:
 
 def test_a_line_with_text_that_is_not_unicode_fails_alone_naming_its_field(tmp_path: Path) -> None:
     from compositor import text
-    from compositor.batch import read_items
+    from compositor.catalogue import read_items
 
     source = tmp_path / "bodies.jsonl"
     good = json.dumps({"canvas_size": "8x8"})

@@ -35,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from compositor.batch import BatchInputError, BatchRun, Progress, count_items, read_items
+    from compositor.batch import BatchRun, Progress
+    from compositor.catalogue import CatalogueError, count_items, read_items
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
     from compositor.heap import prepare_render_process
     from compositor.sourcemap import SourceMapError
@@ -57,7 +58,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         probe = args.output / ".compositor-write-test"
         probe.write_bytes(b"")
         probe.unlink()
-    except (BatchInputError, SourceMapError) as exc:
+    except (CatalogueError, SourceMapError) as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     except OSError as exc:
@@ -79,7 +80,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     )
     try:
         summary = run.run(read_items(source))
-    except BatchInputError as exc:
+    except CatalogueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     finally:
