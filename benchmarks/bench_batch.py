@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 import bench_render  # noqa: E402
+from common_results import machine  # noqa: E402
 
 TINY = {
     "canvas_size": "4x4",
@@ -157,7 +158,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     files = workloads(work)
     timed = ("200 renders 1024", "20 removeBg")
-    results: dict[str, Any] = {"cores": os.cpu_count(), "runs": {}}
+    results: dict[str, Any] = {"cores": os.cpu_count(), "machine": machine(), "runs": {}}
 
     def measure(name: str, *extra: str) -> None:
         results["runs"][name] = {}

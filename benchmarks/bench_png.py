@@ -38,6 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
 
+from common_results import machine  # noqa: E402
+
 from compositor import png  # noqa: E402
 from compositor.png import encode_png  # noqa: E402
 
@@ -194,7 +196,7 @@ def main() -> int:
     print(f"{os.cpu_count()} cores; 3840x3840 canvases; medians of {args.repeat} after a warm-up\n")
     header = f"{'canvas':24} {'contender':30} {'seconds':>8} {'MB':>7} {'size/Pillow':>12} {'time/fpng':>10}"
     print(header + "\n" + "-" * len(header))
-    results: dict[str, Any] = {"cores": os.cpu_count(), "canvases": {}}
+    results: dict[str, Any] = {"cores": os.cpu_count(), "machine": machine(), "canvases": {}}
     for name, canvas in canvases.items():
         measured = measure(canvas, args.repeat)
         results["canvases"][name] = measured

@@ -11,10 +11,10 @@ doing less work), then each case is run warm-up + --repeat times, contenders
 alternating, and the medians compared. Peak RSS is read per process (wait4).
 
     make bench-render          # sets up the peers, then runs this
-    .venv/bin/python benchmarks/bench_render.py [--repeat 5] [--quick]
+    .venv/bin/python benchmarks/bench_render.py [--repeat 5] [--quick] [--json FILE]
 
-Prints a table, writes benchmarks/results/render.json and two plots under
-docs/ (bench-cases.png, bench-sweep.png).
+Prints a table, writes benchmarks/results/render.json (or --json FILE) and two
+plots under docs/ (bench-cases.png, bench-sweep.png).
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ IMAGEMAGICK = shutil.which("convert-im6.q16") or "/usr/bin/convert"
 GNU_TIME = "/usr/bin/time"
 
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common_results import machine  # noqa: E402
 from make_fixtures import photo_like, soft_foreground  # noqa: E402
 
 
@@ -331,6 +333,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per contender and case (after a warm-up)")
     parser.add_argument("--quick", action="store_true", help="doc example 3 and the small case only")
+    parser.add_argument("--json", type=Path, default=RESULTS / "render.json", help="write the results here")
     args = parser.parse_args()
 
     all_contenders = contenders()
@@ -342,7 +345,7 @@ def main() -> int:
     if args.quick:
         cases = {k: v for k, v in cases.items() if k in ("doc 3-template-and-color", "small 1024")}
 
-    results: dict[str, Any] = {"machine": {"cores": os.cpu_count()}, "repeat": args.repeat, "cases": {}, "sweep": []}
+    results: dict[str, Any] = {"machine": machine(), "repeat": args.repeat, "cases": {}, "sweep": []}
     print(f"{os.cpu_count()} cores; medians of {args.repeat} after a warm-up; outputs checked against ours first\n")
     header = f"{'case':26} {'contender':26} {'median s':>9} {'ratio':>7} {'peak MB':>8} {'PNG MB':>7}  check"
     print(header)
@@ -438,10 +441,10 @@ def main() -> int:
         f"{largest['compositor CLI']['peak_mb']:.0f} MB, pyvips {largest['pyvips defaults']['peak_mb']:.0f} MB)"
     )
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "render.json").write_text(json.dumps(results, indent=2))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
     plot(results)
-    print(f"\nwrote {RESULTS / 'render.json'}, {DOCS / 'bench-cases.png'}, {DOCS / 'bench-sweep.png'}")
+    print(f"\nwrote {args.json}, {DOCS / 'bench-cases.png'}, {DOCS / 'bench-sweep.png'}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -23,6 +23,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common_results import machine  # noqa: E402
+
 SECRET = "bench-bench-bench-bench-bench-32"
 SUBMIT = "/api/open/v3/content/image/bg/replace"
 INFO = "/api/open/v3/content/image/infobymodelid"
@@ -126,6 +129,7 @@ def main() -> int:
         "enqueue_p99_ms": 1000 * percentile(enqueue, 99),
         "end_to_end_p50_s": statistics.median(end_to_end),
         "end_to_end_p99_s": percentile(end_to_end, 99),
+        "machine": machine(),
     }
     print(f"{args.jobs} jobs of 1024x1024 from {args.clients} clients, {args.workers} render workers, {elapsed:.1f} s")
     print(f"  throughput        {result['jobs_per_s']:.2f} jobs/s")

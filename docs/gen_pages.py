@@ -9,6 +9,9 @@ cannot drift from what they describe:
 - performance.md, from the benchmarks' result files
   (`benchmarks/results/*.json`, written by `make bench`): no figure is copied
   by hand.
+
+The pages are written only when mkdocs-gen-files runs this script (it runs it with `runpy.run_path`); imported,
+it writes nothing, so that tests can call the renderers (tests/test_perf_page.py).
 """
 
 from __future__ import annotations
@@ -18,11 +21,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import mkdocs_gen_files
-
-from compositor.cli import _build_parser
-from compositor.mirror.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -60,6 +58,8 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
 
 
 def commands_page() -> str:
+    from compositor.cli import _build_parser
+
     parser = _build_parser()
     lines = [
         "# Commands",
@@ -79,6 +79,8 @@ def commands_page() -> str:
 
 
 def settings_page() -> str:
+    from compositor.mirror.settings import SETTINGS
+
     lines = [
         "# Settings of `compositor serve`",
         "",
@@ -109,6 +111,298 @@ def _number(value: Any, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
     return str(value)
+
+
+def _figure(value: Any, digits: int = 2) -> str:
+    """A measured number for a table cell; empty where a quick run did not measure it."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(numerator: Any, denominator: Any, digits: int = 3) -> str:
+    if not isinstance(numerator, int | float) or not isinstance(denominator, int | float) or not denominator:
+        return ""
+    return _figure(numerator / denominator, digits)
+
+
+def _mb(peak: Any) -> str:
+    """Peak RSS in MB; 0 is what the harnesses write where they did not measure it (in-process)."""
+    return _figure(peak, 0) if peak else ""
+
+
+def _measured(result: dict[str, Any]) -> list[str]:
+    """When and where the run was measured, as far as its file says."""
+    machine = result.get("machine") or {}
+    cpus = machine.get("cpus") or machine.get("cores") or result.get("cores")
+    facts = [
+        f"on {machine['date']}" if machine.get("date") else "",
+        f"{cpus} CPUs" if cpus else "",
+        machine.get("system", ""),
+        f"Python {machine['python']}" if machine.get("python") else "",
+    ]
+    said = ", ".join(fact for fact in facts if fact)
+    return [f"Measured {said}.", ""] if said else []
+
+
+def _met(value: float, goal: float, at_least: bool = False) -> bool:
+    return value >= goal if at_least else value <= goal
+
+
+def _goals(goals: list[tuple[str, Any, Any, bool]]) -> list[str]:
+    """(measure, value, goal, at least?) as a table; met or missed is decided here, from the numbers."""
+    rows = [
+        (measure, value, goal, at_least)
+        for measure, value, goal, at_least in goals
+        if isinstance(value, int | float) and isinstance(goal, int | float)
+    ]
+    if not rows:
+        return []
+    lines = ["| goal | this run | target | |", "|---|---|---|---|"]
+    for measure, value, goal, at_least in rows:
+        verdict = "met" if _met(value, goal, at_least) else "**missed**"
+        digits = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 3
+        lines.append(
+            f"| {_cell(measure)} | {_figure(value, digits)} | {'≥' if at_least else '≤'} {goal:g} | {verdict} |"
+        )
+    return [*lines, ""]
+
+
+def _render(result: dict[str, Any]) -> list[str]:
+    cases = result.get("cases") or {}
+    lines = [
+        "## Render",
+        "",
+        "`benchmarks/bench_render.py`: every peer's picture checked against ours first, then each case run"
+        f" once to warm up and {_figure(result.get('repeat')) or 'several'} times timed, contenders alternating;"
+        " medians, and each process's peak RSS through GNU time. *Our CLI / this* is the CLI's median over this"
+        " contender's: below 1, ours is faster.",
+        "",
+        *_measured(result),
+    ]
+    for name, contenders in cases.items():
+        cli = (contenders.get("compositor CLI") or {}).get("median_s")
+        lines += [
+            f"### {name}",
+            "",
+            "| contender | median s | our CLI / this | peak RSS MB | PNG MB | checked against ours |",
+            "|---|---|---|---|---|---|",
+        ]
+        for contender, m in contenders.items():
+            label = f"**{contender}**" if contender == "compositor CLI" else contender
+            lines.append(
+                f"| {label} | {_figure(m.get('median_s'), 3)} | {_ratio(cli, m.get('median_s'))}"
+                f" | {_mb(m.get('peak_mb'))} | {_figure((m.get('png_bytes') or 0) / 1e6 or None, 1)}"
+                f" | {_cell(m.get('check', ''))} |"
+            )
+        lines.append("")
+    stages = result.get("stages_example_3_s") or {}
+    if stages:
+        lines += [
+            "### Our stages, doc example 3",
+            "",
+            "In-process medians, seconds summed over the threads that ran them (they overlap).",
+            "",
+            "| stage | seconds |",
+            "|---|---|",
+            *(f"| {_cell(stage)} | {_figure(seconds, 3)} |" for stage, seconds in stages.items()),
+            "",
+        ]
+    copy, apart = result.get("memcopy_3840_s"), result.get("blend_apart_example_3_s") or {}
+    if copy or apart:
+        alone = sum(apart.values()) if apart else None
+        lines += [
+            "### The blend taken apart",
+            "",
+            "The placement alone with nothing else running (every strip resized first), against a warm copy of a"
+            " 3840x3840 RGBA canvas.",
+            "",
+            "| | ms | / the canvas copy |",
+            "|---|---|---|",
+            f"| warm canvas copy | {_figure(copy and copy * 1000, 1)} | 1 |",
+            f"| blend stage in the pipeline | {_figure(stages.get('blend') and stages['blend'] * 1000, 1)}"
+            f" | {_ratio(stages.get('blend'), copy, 1)} |",
+            f"| blend alone | {_figure(alone and alone * 1000, 1)} | {_ratio(alone, copy, 1)} |",
+            *(
+                f"| ... {_cell(part)} | {_figure(seconds * 1000, 1)} | {_ratio(seconds, copy, 1)} |"
+                for part, seconds in apart.items()
+            ),
+            "",
+        ]
+    sweep = result.get("sweep") or []
+    if sweep:
+        names = list(sweep[0].get("contenders", {}))
+        lines += [
+            "### Example 3's geometry, scaled",
+            "",
+            "Median seconds, and peak RSS in MB.",
+            "",
+            "| canvas | " + " | ".join(f"{_cell(n)} s" for n in names) + " | "
+            + " | ".join(f"{_cell(n)} MB" for n in names if n != "compositor (in-process)") + " |",
+            "|---" * (1 + 2 * len(names) - ("compositor (in-process)" in names)) + "|",
+        ]  # fmt: skip
+        for entry in sweep:
+            measured = entry.get("contenders", {})
+            seconds = [_figure(measured.get(n, {}).get("median_s"), 3) for n in names]
+            peaks = [_mb(measured.get(n, {}).get("peak_mb")) for n in names if n != "compositor (in-process)"]
+            lines.append(f"| {entry.get('side')}² | " + " | ".join(seconds) + " | " + " | ".join(peaks) + " |")
+        lines.append("")
+    goals = result.get("goals") or []
+    if goals:
+        lines += ["### Goals", ""]
+        lines += _goals(
+            [(g.get("measure", ""), g.get("value"), g.get("goal"), "at least" in g.get("measure", "")) for g in goals]
+        )
+    return lines
+
+
+def _png(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "## PNG writer",
+        "",
+        "`benchmarks/bench_png.py`: each writer on 3840x3840 RGBA canvases, every file decoded and compared with"
+        " its canvas before it is timed; medians. Then the peak RSS of a fresh process that renders doc example 3"
+        " and writes it with each encoder.",
+        "",
+        *_measured(result),
+        "| canvas | writer | median s | MB | size / Pillow's | time / fpng's |",
+        "|---|---|---|---|---|---|",
+    ]
+    for canvas, writers in (result.get("canvases") or {}).items():
+        pillow = writers.get("Pillow default (level 6)", {})
+        fpng = writers.get("fpng", {})
+        for writer, m in writers.items():
+            lines.append(
+                f"| {_cell(canvas)} | {_cell(writer)} | {_figure(m.get('median_s'), 3)}"
+                f" | {_figure((m.get('bytes') or 0) / 1e6 or None, 2)} | {_ratio(m.get('bytes'), pillow.get('bytes'))}"
+                f" | {_ratio(m.get('median_s'), fpng.get('median_s'), 2)} |"
+            )
+    lines.append("")
+    rss = result.get("peak_rss_mb") or {}
+    if rss:
+        lines += [
+            "Peak RSS of `compositor render` doc example 3, by the PNG writer it uses (median of 3):",
+            "",
+            "| writer | peak RSS MB |",
+            "|---|---|",
+            *(f"| {_cell(writer)} | {_mb(mb)} |" for writer, mb in rss.items()),
+            "",
+        ]
+    goals = result.get("goals") or {}
+    lines += _goals([(name, g.get("value"), g.get("goal"), "at least" in name) for name, g in goals.items()])
+    return lines
+
+
+def _removebg(result: dict[str, Any]) -> list[str]:
+    size = result.get("size") or []
+    goal = result.get("ratio_goal")
+    speed = result.get("speed") or {}
+    rss = result.get("peak_rss_mb") or {}
+    lines = [
+        "## removeBg",
+        "",
+        "`benchmarks/bench_removebg.py`: our removeBg stage against `rembg.remove()` on a"
+        f" {'x'.join(map(str, size)) or 'full-size'} foreground, both in one process, alternating after a"
+        " warm-up; medians. The masks are compared (IoU at alpha 128, mean absolute alpha difference), so"
+        " neither side is timed doing less work. Peak RSS: one `compositor render` with the model.",
+        "",
+        *_measured(result),
+        "| model | ours s | rembg.remove s | ours / rembg | goal | IoU vs rembg | MAD vs rembg | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, entry in speed.items():
+        ratio = entry.get("ratio")
+        verdict = ""
+        if isinstance(ratio, int | float) and isinstance(goal, int | float):
+            verdict = f"≤ {goal:g}: " + ("met" if _met(ratio, goal) else "**missed**")
+        lines.append(
+            f"| {_cell(model)} | {_figure(entry.get('ours_s'), 3)} | {_figure(entry.get('rembg_s'), 3)}"
+            f" | {_figure(ratio, 2)} | {verdict} | {_figure(entry.get('iou_vs_rembg'), 4)}"
+            f" | {_figure(entry.get('mad_vs_rembg'), 2)} | {_mb(rss.get(model))} |"
+        )
+    lines.append("")
+    stages = list(dict.fromkeys(stage for entry in speed.values() for stage in entry.get("split_s") or {}))
+    if stages:
+        lines += [
+            "Our time by stage (seconds, medians):",
+            "",
+            "| model | " + " | ".join(_cell(stage) for stage in stages) + " |",
+            "|---" * (1 + len(stages)) + "|",
+            *(
+                f"| {_cell(model)} | "
+                + " | ".join(_figure((entry.get("split_s") or {}).get(stage), 3) for stage in stages)
+                + " |"
+                for model, entry in speed.items()
+            ),
+            "",
+        ]
+    quality = result.get("quality") or {}
+    if quality:
+        lines += [
+            "Quality against rembg's published masks:",
+            "",
+            "| our model, photo, against | IoU | MAD |",
+            "|---|---|---|",
+            *(
+                f"| {_cell(name)} | {_figure(m.get('iou'), 4)} | {_figure(m.get('mad'), 2)} |"
+                for name, m in quality.items()
+            ),
+            "",
+        ]
+    return lines
+
+
+def _batch(result: dict[str, Any]) -> list[str]:
+    runs = result.get("runs") or {}
+    workloads = list(dict.fromkeys(workload for run in runs.values() for workload in run))
+    lines = [
+        "## Batch",
+        "",
+        "`benchmarks/bench_batch.py`: `compositor batch` as a user runs it, on the local pool and on Dask;"
+        " each run warmed once, then timed.",
+        "",
+        *_measured(result),
+        "| run | " + " | ".join(f"{_cell(w)}: items/s | s" for w in workloads) + " |",
+        "|---" * (1 + 2 * len(workloads)) + "|",
+    ]
+    for name, run in runs.items():
+        cells = [
+            f"{_figure(run.get(w, {}).get('items_per_s'), 2)} | {_figure(run.get(w, {}).get('seconds'), 1)}"
+            for w in workloads
+        ]
+        lines.append(f"| {_cell(name)} | " + " | ".join(cells) + " |")
+    lines.append("")
+    client = result.get("client_peak_mb_10000_items")
+    if client:
+        lines += [f"Peak RSS of the client for 10,000 tiny items: {_mb(client)} MB.", ""]
+    goals = result.get("goals") or []
+    lines += _goals(
+        [(g.get("measure", ""), g.get("value"), g.get("goal"), "at least" in g.get("measure", "")) for g in goals]
+    )
+    return lines
+
+
+def _server(result: dict[str, Any]) -> list[str]:
+    return [
+        "## Local mirror under load",
+        "",
+        f"`benchmarks/bench_server.py`: {result.get('clients', 'N')} clients each submit 1024x1024 jobs to"
+        " `compositor serve` on loopback and poll them to completion.",
+        "",
+        *_measured(result),
+        "| clients | jobs | render workers | jobs/s | enqueue p50 ms | enqueue p99 ms | end to end p50 s"
+        " | end to end p99 s |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {_figure(result.get('clients'))} | {_figure(result.get('jobs'))} | {_figure(result.get('workers'))}"
+        f" | {_figure(result.get('jobs_per_s'), 2)} | {_figure(result.get('enqueue_p50_ms'), 1)}"
+        f" | {_figure(result.get('enqueue_p99_ms'), 1)} | {_figure(result.get('end_to_end_p50_s'), 2)}"
+        f" | {_figure(result.get('end_to_end_p99_s'), 2)} |",
+        "",
+    ]
 
 
 def _outbox(result: dict[str, Any]) -> list[str]:
@@ -165,7 +459,15 @@ def _soak(result: dict[str, Any]) -> list[str]:
     ]
 
 
-RENDERERS = {"outbox.json": _outbox, "soak.json": _soak}
+RENDERERS = {
+    "render.json": _render,
+    "png.json": _png,
+    "removebg.json": _removebg,
+    "batch.json": _batch,
+    "server.json": _server,
+    "outbox.json": _outbox,
+    "soak.json": _soak,
+}
 
 
 def performance_page() -> str:
@@ -187,9 +489,16 @@ def performance_page() -> str:
     return "\n".join(lines)
 
 
-with mkdocs_gen_files.open("reference/commands.md", "w") as page:
-    page.write(commands_page())
-with mkdocs_gen_files.open("reference/settings.md", "w") as page:
-    page.write(settings_page())
-with mkdocs_gen_files.open("performance.md", "w") as page:
-    page.write(performance_page())
+def write_pages() -> None:
+    import mkdocs_gen_files
+
+    with mkdocs_gen_files.open("reference/commands.md", "w") as page:
+        page.write(commands_page())
+    with mkdocs_gen_files.open("reference/settings.md", "w") as page:
+        page.write(settings_page())
+    with mkdocs_gen_files.open("performance.md", "w") as page:
+        page.write(performance_page())
+
+
+if __name__ in ("<run_path>", "__main__"):  # mkdocs-gen-files runs it with runpy.run_path
+    write_pages()
