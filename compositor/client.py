@@ -131,15 +131,19 @@ def local_sources(body: dict[str, Any], base_dir: Path | None) -> dict[str, tupl
     a text file that starts like a GIF. Each is decoded in full (with the
     renderer's limits) before anything is sent. Raises ValueError naming the
     field otherwise."""
+    local = {
+        name: value
+        for name in ("origin_img", "template_url")
+        if isinstance(value := body.get(name), str) and value and not value.startswith(("http://", "https://", "data:"))
+    }
+    if not local:
+        return {}  # and no image library is loaded: a body of URLs is sent as it is
     from compositor.errors import SourceError
     from compositor.sources import SourcePolicy, decode_image, read_source, sniff_type
 
     policy = SourcePolicy(base_dir=base_dir, allow_http=False)
     found = {}
-    for name in ("origin_img", "template_url"):
-        value = body.get(name)
-        if not isinstance(value, str) or not value or value.startswith(("http://", "https://", "data:")):
-            continue
+    for name, value in local.items():
         try:
             data = read_source(value, name, policy)
         except SourceError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from compositor.commands.common import (
@@ -13,6 +14,7 @@ from compositor.commands.common import (
     EXIT_UNUSABLE,
     add_limit_arguments,
     add_source_map_argument,
+    body_error_envelope,
     limits_of,
     load_body,
     read_source_map,
@@ -20,10 +22,20 @@ from compositor.commands.common import (
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    validate = commands.add_parser("validate", help="check a request body without rendering it")
-    validate.add_argument("request", help="request body (JSON file, or - for stdin)")
+    validate = commands.add_parser(
+        "validate",
+        help="check a request body (or a catalogue of them) without rendering it",
+        description="The API's verdict on a body without rendering it: a JSON file, - for stdin, or a catalogue"
+        " (a .jsonl file or a folder of .json, read as batch reads them) with one line per body."
+        " Exit 0: every body valid; 1: one or more refused; 2: the input cannot be read.",
+    )
+    validate.add_argument(
+        "request", help="request body (JSON file, or - for stdin), or a catalogue: a .jsonl file or a folder of .json"
+    )
     validate.add_argument("--strict", action="store_true", help="require webhookUrl and treat warnings as errors")
-    validate.add_argument("--json", action="store_true", help="print one JSON envelope on stdout")
+    validate.add_argument(
+        "--json", action="store_true", help="print one JSON envelope on stdout (a catalogue: one a line, with its id)"
+    )
     add_limit_arguments(validate)
     add_source_map_argument(validate)
     validate.set_defaults(handler=run)
@@ -32,6 +44,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from compositor.request import validate
 
+    if is_catalogue(args.request):
+        return _run_catalogue(args)
     loaded = load_body(args.request, as_json=args.json)
     if isinstance(loaded, int):
         return loaded
@@ -73,3 +87,52 @@ def _unmapped_files(body: dict[str, Any], source_map: Any) -> list[Any]:
         if mapped is not None and not mapped.is_file():
             found.append(Problem(name, f"is mapped by the source map to {mapped}, which is not a file"))
     return found
+
+
+def is_catalogue(name: str) -> bool:
+    """A folder, or a file named .jsonl: many bodies, read as `batch` reads them."""
+    if name == "-":
+        return False
+    path = Path(name)
+    return path.is_dir() or path.suffix.lower() == ".jsonl"
+
+
+def _run_catalogue(args: argparse.Namespace) -> int:
+    """One line per body, in the catalogue's order: its id and verdict (and, in
+    text, its problems beneath it); then a count on stderr. One process, each
+    body judged by the same rules as a single one."""
+    from compositor.catalogue import CatalogueError, read_items
+    from compositor.request import validate
+
+    try:
+        source_map = read_source_map(args)
+    except ValueError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    limits = limits_of(args)
+    counts = {"valid": 0, "invalid": 0}
+    try:
+        for item in read_items(Path(args.request)):
+            if item.problem is not None:
+                envelope = body_error_envelope(item.problem["message"], item.problem["field"])
+            else:
+                report = validate(item.body, strict=args.strict, limits=limits)
+                if source_map is not None and isinstance(item.body, dict):
+                    report.warnings.extend(_unmapped_files(item.body, source_map))
+                envelope = report.envelope()
+            valid = envelope["code"] == 1000
+            counts["valid" if valid else "invalid"] += 1
+            if args.json:
+                print(json.dumps({"id": item.id, **envelope}))
+                continue
+            print(f"{item.id}  {'valid' if valid else 'invalid'} ({envelope['code']})")
+            for problem in envelope["data"]["errors"]:
+                print(f"  error   {problem['field']}: {problem['message']}")
+            for problem in envelope["data"]["warnings"]:
+                print(f"  warning {problem['field']}: {problem['message']}")
+    except CatalogueError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    total = counts["valid"] + counts["invalid"]
+    print(f"compositor: {total} bodies: {counts['valid']} valid, {counts['invalid']} invalid", file=sys.stderr)
+    return EXIT_INVALID if counts["invalid"] else EXIT_OK
