@@ -68,6 +68,7 @@ bench-setup: $(STAMP)
 # benchmarks/results/*.json, plots in docs/.
 bench: models-all bench-setup
 	$(BIN)/python benchmarks/bench_removebg.py --json benchmarks/results/removebg.json --picture docs/removebg-models.png
+	$(BIN)/python benchmarks/bench_startup.py --json benchmarks/results/startup.json
 	$(BIN)/python benchmarks/bench_render.py --json benchmarks/results/render.json
 	$(BIN)/python benchmarks/bench_png.py --json benchmarks/results/png.json
 	$(BIN)/python benchmarks/bench_batch.py --json benchmarks/results/batch.json

@@ -459,8 +459,28 @@ def _soak(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _startup(result: dict[str, Any]) -> list[str]:
+    medians = result.get("median_ms") or {}
+    lines = [
+        "## Start-up: pre-flight and small renders",
+        "",
+        "`benchmarks/bench_startup.py`: whole processes, alternating, a warm-up then the median of"
+        f" {_figure(result.get('repeat')) or 'several'}: a bare interpreter, `compositor validate` of example 3,"
+        " and a 512x512 render of example 3's geometry through our CLI, the plain Pillow pipeline and pyvips.",
+        "",
+        *_measured(result),
+        "| process | median ms |",
+        "|---|---|",
+        *(f"| {_cell(name)} | {_figure(value, 1)} |" for name, value in medians.items()),
+        "",
+    ]
+    goals = [(g.get("measure", ""), g.get("value"), g.get("goal"), False) for g in result.get("goals") or []]
+    return [*lines, *_goals(goals)]
+
+
 RENDERERS = {
     "render.json": _render,
+    "startup.json": _startup,
     "png.json": _png,
     "removebg.json": _removebg,
     "batch.json": _batch,

@@ -290,3 +290,18 @@ def test_the_page_shows_the_sections_of_the_files_present_in_order(
     assert "No results yet" not in page
     headings = [line for line in page.splitlines() if line.startswith("## ")]
     assert len(headings) == 2 and "ender" in headings[0]
+
+
+@pytest.mark.parametrize(("validate_ms", "verdict"), [(50.0, "met"), (60.0, "**missed**")])
+def test_the_start_up_goal_follows_validate_over_a_bare_interpreter(
+    gen_pages: ModuleType, validate_ms: float, verdict: str
+) -> None:
+    result = {
+        "machine": MACHINE,
+        "repeat": 15,
+        "median_ms": {"python -c pass": 20.0, "validate": validate_ms, "CLI 512": 250.0, "Pillow 512": 300.0},
+        "goals": [{"measure": "validate / python -c pass", "value": validate_ms / 20.0, "goal": 2.5}],
+    }
+    text = "\n".join(gen_pages._startup(result))
+    assert "| validate | 50.0 |" in text or "| validate | 60.0 |" in text
+    assert f"| validate / python -c pass | {validate_ms / 20.0:.3f} | ≤ 2.5 | {verdict} |" in text

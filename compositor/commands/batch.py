@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -74,6 +73,8 @@ def _run_batch(args: argparse.Namespace) -> int:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.scheduler:  # Dask's own INFO lines (set when it was imported; a lost connection's traceback among them)
+        import logging
+
         logging.getLogger("distributed").setLevel(logging.WARNING)
     run = BatchRun(
         args.output, executor, source_map=source_map, model=args.model, resume=args.resume, progress=Progress(total)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from compositor.commands.common import EXIT_OK, EXIT_UNUSABLE, add_source_map_ar
 from compositor.weights import model_names
 
 if TYPE_CHECKING:
+    import logging
     import socket
 
 
@@ -68,6 +68,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     import uvicorn
 
     from compositor.executors import ExecutorUnavailable
