@@ -21,7 +21,7 @@ EXAMPLE_3 = REPO / "fixtures" / "requests" / "example-3-template-and-color.json"
 LAYERS: dict[str, tuple[str, ...]] = {
     "engine": (
         "codes", "text", "geometry", "layout", "report", "errors", "references", "request", "budget", "files",
-        "sourcemap", "outbound", "sources", "preview", "timings", "threads", "heap", "raster", "weights",
+        "sourcemap", "outbound", "sources", "preflight", "preview", "timings", "threads", "heap", "raster", "weights",
         "removebg", "png", "encode", "engine", "catalogue", "signals", "logs",
     ),
     "executors": ("pool", "executors", "batch"),

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compositor.commands.common import (
     EXIT_INVALID,
@@ -19,6 +19,9 @@ from compositor.commands.common import (
     load_body,
     read_source_map,
 )
+
+if TYPE_CHECKING:
+    from compositor.report import ValidationReport
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -36,6 +39,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     validate.add_argument(
         "--json", action="store_true", help="print one JSON envelope on stdout (a catalogue: one a line, with its id)"
     )
+    validate.add_argument(
+        "--sources",
+        action="store_true",
+        help="also read each source's header (as render reads it, never its pixels): 1108 for a source that cannot"
+        " be read, warnings for stretched, enlarged or cut-off layers, a canvas left transparent, removeBg over alpha",
+    )
     add_limit_arguments(validate)
     add_source_map_argument(validate)
     validate.set_defaults(handler=run)
@@ -49,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_body(args.request, as_json=args.json)
     if isinstance(loaded, int):
         return loaded
-    body, _ = loaded
+    body, base_dir = loaded
     report = validate(body, strict=args.strict, limits=limits_of(args))
     try:
         source_map = read_source_map(args)
@@ -58,15 +67,33 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     if source_map is not None and isinstance(body, dict):
         report.warnings.extend(_unmapped_files(body, source_map))
+    envelope = _with_sources(report, base_dir, source_map, strict=args.strict) if args.sources else report.envelope()
     if args.json:
-        print(json.dumps(report.envelope()))
+        print(json.dumps(envelope))
     else:
-        print("valid (1000)" if report.ok else f"invalid ({int(report.code)})")
+        print("valid (1000)" if report.ok else f"invalid ({envelope['code']})")
         for problem in report.errors:
             print(f"  error   {problem.field}: {problem.message}")
         for problem in report.warnings:
             print(f"  warning {problem.field}: {problem.message}")
     return EXIT_OK if report.ok else EXIT_INVALID
+
+
+def _with_sources(report: ValidationReport, base_dir: Path | str, source_map: Any, *, strict: bool) -> dict[str, Any]:
+    """The envelope after reading a valid body's source headers (`--sources`):
+    unreadable sources are errors (1108 when they are the only ones), what the
+    headers predict is warnings (errors under --strict). Only here are Pillow
+    and numpy loaded: `validate` without --sources reads no picture."""
+    if report.request is None:
+        return dict(report.envelope())
+    from compositor.preflight import envelope, preflight
+    from compositor.sources import SourcePolicy
+
+    policy = SourcePolicy(base_dir=Path(base_dir), source_map=source_map)
+    errors, warnings = preflight(report.request, policy)
+    report.errors.extend(errors)
+    (report.errors if strict else report.warnings).extend(warnings)
+    return envelope(report, errors)
 
 
 def _unmapped_files(body: dict[str, Any], source_map: Any) -> list[Any]:
@@ -119,7 +146,10 @@ def _run_catalogue(args: argparse.Namespace) -> int:
                 report = validate(item.body, strict=args.strict, limits=limits)
                 if source_map is not None and isinstance(item.body, dict):
                     report.warnings.extend(_unmapped_files(item.body, source_map))
-                envelope = report.envelope()
+                if args.sources:
+                    envelope = _with_sources(report, item.base_dir, source_map, strict=args.strict)
+                else:
+                    envelope = report.envelope()
             valid = envelope["code"] == 1000
             counts["valid" if valid else "invalid"] += 1
             if args.json:
