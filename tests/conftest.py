@@ -11,10 +11,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 from PIL import Image
 
 from compositor.sourcemap import load_source_map
 from compositor.sources import SourcePolicy
+
+# No example is failed for its time: Hypothesis's default 200 ms deadline, and its check that generating data
+# is not too slow, are timed assertions that a loaded machine breaks. A hang still ends in the test's timeouts.
+settings.register_profile("compositor", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("compositor")
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

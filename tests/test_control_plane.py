@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import requests
 
 from compositor.client import MirrorControl, MirrorControlError
 from tests.test_controls import SUBMIT, body
-from tests.test_mirror import CONFIG, INFO, SECRET, free_port, start_server
+from tests.test_mirror import CONFIG, INFO, SECRET, free_port, start_server, wait_until
 
 TOKEN = "admin-token-for-tests"
 
@@ -127,7 +126,8 @@ def test_a_dropped_connection_gets_no_answer_and_the_server_logs_no_error(tmp_pa
                 requests.post(f"{server.base}{SUBMIT}", json=body(), headers={"x-api-key": SECRET}, timeout=10)
         answer = requests.post(f"{server.base}{SUBMIT}", json=body(), headers={"x-api-key": SECRET}, timeout=10)
         assert answer.json()["code"] == 1000
-        time.sleep(0.2)
+        # The journal is written once each request is over: then whatever it logged is in the log too.
+        wait_until(lambda: len(MirrorControl(server.base).requests()) == 3, "the three calls in the journal")
         log = server.log.read_text()
         assert "Exception in ASGI application" not in log and "without starting response" not in log
         journal = MirrorControl(server.base).requests()
@@ -169,7 +169,7 @@ def test_a_drop_is_a_drop_whatever_x_forwarded_for_says(tmp_path: Path) -> None:
                 headers={"x-api-key": SECRET, "x-forwarded-for": "203.0.113.9"},
                 timeout=10,
             )
-        time.sleep(0.2)
+        wait_until(lambda: len(MirrorControl(server.base).requests()) == 1, "the dropped call in the journal")
         assert "Exception in ASGI application" not in server.log.read_text()
     finally:
         server.stop()

@@ -71,19 +71,22 @@ def test_the_development_mirror_renders_the_banners_curl_body(tmp_path: Path) ->
         body = json.loads((REQUESTS / "example-3-template-and-color.json").read_text())
         job = httpx.post(base + "/api/open/v3/content/image/bg/replace", json=body, headers={"x-api-key": key}).json()
         assert job["code"] == 1000
-        for _ in range(300):
+        deadline = time.monotonic() + 180
+        while True:
             record = httpx.get(
                 base + "/api/open/v3/content/image/infobymodelid",
                 params={"image_model_id": job["data"]["_id"]},
                 headers={"x-api-key": key},
+                timeout=30,
             ).json()["data"]
             if record["image_status"] in (3, 4):
                 break
+            assert time.monotonic() < deadline, f"waited 180 s for the job to end: {record}"
             time.sleep(0.1)
         assert record["image_status"] == 3, record
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.communicate(timeout=30)
+        process.communicate(timeout=120)
 
 
 # --- the page's menu, in Chromium ---------------------------------------------------------

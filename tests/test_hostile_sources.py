@@ -4,6 +4,7 @@ ends in a SourceError that names the field, within its deadline and cap."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.server
 import os
@@ -85,21 +86,21 @@ def answer(body: bytes, *headers: str) -> bytes:
 
 def test_a_source_that_drips_its_headers_is_cut_off_at_the_deadline(raw_server) -> None:  # type: ignore[no-untyped-def]
     reply = answer(png_bytes(Image.new("RGB", (4, 4))))
-    server = raw_server([(bytes([b]), 0.1) for b in reply])  # one byte every 0.1 s: 10 s in all
+    server = raw_server([(bytes([b]), 0.5) for b in reply])  # one byte every 0.5 s: over a minute in all
     started = time.monotonic()
     with pytest.raises(SourceError, match=r"origin_img: could not be fetched .*within 1 s"):
         read_source(server.url, "origin_img", SourcePolicy(deadline_s=1.0))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 30  # cut at its deadline, long before the drip ends
 
 
 def test_a_source_that_drips_its_body_is_cut_off_at_the_deadline(raw_server) -> None:  # type: ignore[no-untyped-def]
     body = b"\0" * 100
     head = answer(body)[: -len(body)]
-    server = raw_server([(head, 0.0)] + [(body[i : i + 1], 0.1) for i in range(len(body))])
+    server = raw_server([(head, 0.0)] + [(body[i : i + 1], 0.5) for i in range(len(body))])  # 50 s in all
     started = time.monotonic()
     with pytest.raises(SourceError, match="could not be fetched"):
         read_source(server.url, "origin_img", SourcePolicy(deadline_s=1.0))
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 30  # cut at its deadline, long before the drip ends
 
 
 def test_two_gzip_layers_are_refused(raw_server) -> None:  # type: ignore[no-untyped-def]
@@ -138,16 +139,14 @@ def test_loopback_sources_are_refused_when_private_networks_are_not_allowed(raw_
 
 
 def test_a_closed_port_and_a_silent_one_get_the_same_words(raw_server) -> None:  # type: ignore[no-untyped-def]
-    closed = socket.create_server(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
-    closed.close()
-    silent = raw_server([(b"", 5.0)])
+    silent = raw_server([(b"", 300.0)])  # silent until the test ends, however slow the machine
     policy = SourcePolicy(deadline_s=0.5)
     reasons = []
-    for url in (f"http://127.0.0.1:{closed_port}/a.png", silent.url):
-        with pytest.raises(SourceError) as caught:
-            read_source(url, "origin_img", policy)
-        reasons.append(caught.value.reason)
+    with refusing_port() as closed_port:
+        for url in (f"http://127.0.0.1:{closed_port}/a.png", silent.url):
+            with pytest.raises(SourceError) as caught:
+                read_source(url, "origin_img", policy)
+            reasons.append(caught.value.reason)
     assert reasons[0] == reasons[1]
 
 
@@ -157,7 +156,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(SourceError, match="not a regular file"):
         read_source(str(fifo), "origin_img", SourcePolicy())
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 30  # opening it to read would block until a writer came: for ever
 
 
 def test_a_device_is_refused(tmp_path: Path) -> None:
@@ -231,17 +230,21 @@ def test_a_name_lookup_that_hangs_is_cut_off_at_the_deadline(monkeypatch: pytest
     import compositor.outbound as outbound
 
     real = socket.getaddrinfo
+    answer = threading.Event()
 
     def slow(host: str, *args: object, **kwargs: object) -> object:
         if host == "slow-dns.example":
-            time.sleep(5)  # a resolver that does not answer (nothing here can make a real one hang)
+            answer.wait(300)  # a resolver that does not answer (nothing here can make a real one hang)
         return real(host, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(outbound.socket, "getaddrinfo", slow)
     started = time.monotonic()
-    with pytest.raises(SourceError, match="could not be fetched"):
-        read_source("http://slow-dns.example/a.png", "origin_img", SourcePolicy(deadline_s=1.0))
-    assert time.monotonic() - started < 2.0
+    try:
+        with pytest.raises(SourceError, match="could not be fetched"):
+            read_source("http://slow-dns.example/a.png", "origin_img", SourcePolicy(deadline_s=1.0))
+        assert time.monotonic() - started < 30  # cut at its deadline: the resolver never answers on its own
+    finally:
+        answer.set()  # the resolver thread the deadline left behind ends
 
 
 class _Answers(http.server.BaseHTTPRequestHandler):
@@ -265,11 +268,19 @@ class _Answers(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _closed_port_url(host: str = "127.0.0.1") -> str:
-    closed = socket.create_server((host, 0))
-    port = closed.getsockname()[1]
-    closed.close()
-    return f"http://{host}:{port}/a.png"
+@contextlib.contextmanager
+def refusing_port(host: str = "127.0.0.1") -> Iterator[int]:
+    """A port on `host` that refuses connections while the block runs: bound here but not listening, so that
+    no other process (a suite running beside this one) can start listening on it meanwhile."""
+    with socket.socket() as held:
+        held.bind((host, 0))
+        yield int(held.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _closed_port_url(host: str = "127.0.0.1") -> Iterator[str]:
+    with refusing_port(host) as port:
+        yield f"http://{host}:{port}/a.png"
 
 
 def _server_policy(tmp_path: Path, deadline_s: float = 30.0) -> SourcePolicy:
@@ -289,10 +300,10 @@ def test_a_server_gives_one_reason_for_every_loopback_source_that_fails(raw_serv
     # Else a caller could map which of the mirror's own ports answer HTTP, and with what.
     policy = _server_policy(tmp_path, deadline_s=1.0)
     twice = raw_server([(answer(b"x", "Content-Encoding: gzip, gzip"), 0.0)])
-    silent = raw_server([(b"", 5.0)])
-    with serving(_Answers) as base:
+    silent = raw_server([(b"", 300.0)])  # silent until the test ends
+    with serving(_Answers) as base, _closed_port_url() as closed_url:
         urls = [
-            _closed_port_url(),
+            closed_url,
             f"{base}/missing.png",
             f"{base}/broken.png",
             f"{base}/text",
@@ -306,7 +317,8 @@ def test_a_server_gives_one_reason_for_every_loopback_source_that_fails(raw_serv
     assert len({*reasons.values(), beyond}) == 1, (reasons, beyond)
     assert beyond.startswith("origin_img: could not be fetched")
     # Refused before any connection, whatever listens there: that keeps its own words.
-    refused = _reason(_closed_port_url(), replace(policy, allow_private=False))
+    with _closed_port_url() as closed_url:
+        refused = _reason(closed_url, replace(policy, allow_private=False))
     assert "names a loopback, private or link-local address" in refused
 
 
@@ -325,7 +337,8 @@ def test_a_public_source_keeps_its_specific_reason_unless_it_redirects_to_a_priv
             assert _reason(f"{base}/missing.png", policy) == "origin_img: could not be fetched: HTTP 404"
             assert "is not an image" in _reason(f"{base}/text", policy)
             hidden = _reason(f"{base}/moved?to=http://127.0.0.2:{private.server_address[1]}/missing.png", policy)
-            assert hidden == _reason(_closed_port_url("127.0.0.2"), policy)
+            with _closed_port_url("127.0.0.2") as closed_url:
+                assert hidden == _reason(closed_url, policy)
     finally:
         private.shutdown()
         private.server_close()

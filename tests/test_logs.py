@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.test_mirror import CONFIG, INFO, SECRET, SUBMIT, Server, body, call, start_server, wait_for
+from tests.test_mirror import CONFIG, INFO, SECRET, SUBMIT, Server, body, call, start_server, wait_for, wait_until
 
 
 def json_lines(server: Server) -> list[dict[str, Any]]:
@@ -21,14 +21,14 @@ def json_lines(server: Server) -> list[dict[str, Any]]:
     return lines
 
 
-def settle(server: Server, predicate: Any, timeout: float = 10) -> list[dict[str, Any]]:
+def settle(server: Server, predicate: Any, timeout: float = 90) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         lines = json_lines(server)
         if predicate(lines):
             return lines
         time.sleep(0.1)
-    raise AssertionError(server.log.read_text()[-3000:])
+    raise AssertionError(f"waited {timeout:.0f} s for the log lines; it says:\n" + server.log.read_text()[-3000:])
 
 
 def test_json_lines_tell_each_request_and_each_job_state(tmp_path: Path) -> None:
@@ -62,9 +62,7 @@ def test_text_lines_name_the_job_the_client_and_the_outcome(tmp_path: Path) -> N
     try:
         job = call(server, "POST", SUBMIT, json=body())["data"]["_id"]
         wait_for(server, job)
-        deadline = time.monotonic() + 10
-        while "outcome=completed" not in server.log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: "outcome=completed" in server.log.read_text(), "the job's outcome=completed line")
     finally:
         server.stop()
     line = next(line for line in server.log.read_text().splitlines() if "outcome=completed" in line)

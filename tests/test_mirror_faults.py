@@ -37,22 +37,33 @@ from tests.test_mirror import (
     body,
     call,
     decrypt,
-    free_port,
+    run_serve_on_a_free_port,
     start_development_server,
     start_server,
     wait_for,
+    wait_until,
 )
 
 # --- helpers -------------------------------------------------------------------
 
 
 class _SlowSource(http.server.BaseHTTPRequestHandler):
-    """Serves the fixture foreground after `delay` seconds."""
+    """Serves the fixture foreground once released (`release()`; at most `delay` seconds after the request).
+    `arrivals` counts the requests, so that a test can wait for a render to be fetching."""
 
     delay: ClassVar[float] = 0.0
+    arrivals: ClassVar[int] = 0
+    released: ClassVar[threading.Event] = threading.Event()
+
+    @classmethod
+    def release(cls) -> None:
+        cls.delay = 0.0
+        cls.released.set()
 
     def do_GET(self) -> None:
-        time.sleep(type(self).delay)
+        type(self).arrivals += 1
+        if type(self).delay:
+            type(self).released.wait(type(self).delay)
         data = (IMAGES / "foreground.png").read_bytes()
         self.send_response(200)
         self.send_header("content-length", str(len(data)))
@@ -66,9 +77,19 @@ class _SlowSource(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def slow_source() -> Iterator[str]:
-    _SlowSource.delay = 3.0
+    """A source that answers only once released: a render fetching it stays busy until the test says."""
+    _SlowSource.delay, _SlowSource.arrivals = 300.0, 0
+    _SlowSource.released = threading.Event()
     with serving(_SlowSource) as base:
-        yield f"{base}/slow.png"
+        try:
+            yield f"{base}/slow.png"
+        finally:
+            _SlowSource.release()
+
+
+def fetching(count: int) -> None:
+    """Waits for the slow source's `count`th request: a render is then fetching it (and stays so)."""
+    wait_until(lambda: _SlowSource.arrivals >= count, f"request {count} to the slow source")
 
 
 def render_workers(server: Server, kind: str = "render") -> list[int]:
@@ -76,20 +97,20 @@ def render_workers(server: Server, kind: str = "render") -> list[int]:
     children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout
     found = []
     for child in children.split():
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it ended since pgrep saw it
             if Path(f"/proc/{child}/comm").read_text().strip() == f"{kind}-worker":
                 found.append(int(child))
     return found
 
 
-def kill_workers(server: Server, expected: int = 2, timeout: float = 30.0) -> int:
+def kill_workers(server: Server, expected: int = 2, timeout: float = 120.0) -> int:
     """Kill the server's render workers, once all `expected` have started: they are spawned interpreters,
     named only after their imports, which on a loaded machine can outlast the job's move to processing."""
     deadline = time.monotonic() + timeout
-    pids = render_workers(server)
+    pids = [pid for pid in render_workers(server) if alive(pid)]  # not one killed before, still unreaped
     while len(pids) < expected and time.monotonic() < deadline:
         time.sleep(0.1)
-        pids = render_workers(server)
+        pids = [pid for pid in render_workers(server) if alive(pid)]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -99,7 +120,7 @@ def kill_workers(server: Server, expected: int = 2, timeout: float = 30.0) -> in
 def alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped (before the open, or between the open and the read)
         return False
     return state != "Z"
 
@@ -113,14 +134,17 @@ def submit(server: Server, **overrides: Any) -> str:
 # --- worker deaths -------------------------------------------------------------------
 
 
+# One render worker in these two: with two, the job's retry could reach the second worker between the two
+# kills and be charged a second death.
+
+
 def test_a_killed_worker_costs_one_retry_and_later_jobs_still_run(tmp_path: Path, slow_source: str) -> None:
-    server = start_server(tmp_path / "data", CONFIG)
+    server = start_server(tmp_path / "data", CONFIG, "--workers", "1")
     try:
         job = submit(server, origin_img=slow_source)
-        wait_for(server, job, statuses=(2,))
-        time.sleep(0.5)  # it is fetching its slow source now
-        assert kill_workers(server) == 2
-        _SlowSource.delay = 0.0
+        fetching(1)  # its worker is fetching its slow source now, and stays so until released
+        assert kill_workers(server, expected=1) == 1
+        _SlowSource.release()
         done = wait_for(server, job)
         assert done["image_status"] == 3, done
         later = [submit(server) for _ in range(3)]
@@ -131,20 +155,18 @@ def test_a_killed_worker_costs_one_retry_and_later_jobs_still_run(tmp_path: Path
 
 
 def test_a_job_whose_worker_dies_twice_fails_with_a_reason(tmp_path: Path, slow_source: str) -> None:
-    server = start_server(tmp_path / "data", CONFIG)
+    server = start_server(tmp_path / "data", CONFIG, "--workers", "1")
     try:
         job = submit(server, origin_img=slow_source)
-        for _ in range(2):
-            wait_for(server, job, statuses=(2,))
-            time.sleep(0.8)
-            kill_workers(server)
-            time.sleep(0.3)
+        for attempt in (1, 2):
+            fetching(attempt)  # this attempt's worker is fetching the slow source
+            assert kill_workers(server, expected=1) == 1
         done = wait_for(server, job)
         assert done["image_status"] == 4
         reason = done["error_reasons"][0]
         assert "render process ended before it finished" in reason and "2 times" in reason
         assert "pid" not in reason.lower() and str(tmp_path) not in reason
-        _SlowSource.delay = 0.0
+        _SlowSource.release()
         assert wait_for(server, submit(server))["image_status"] == 3
     finally:
         server.stop()
@@ -152,35 +174,26 @@ def test_a_job_whose_worker_dies_twice_fails_with_a_reason(tmp_path: Path, slow_
 
 def test_workers_end_when_the_server_is_killed_with_9(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", CONFIG)
-    deadline = time.monotonic() + 20
-    while len(workers := render_workers(server) + render_workers(server, "preview")) < 3:
-        assert time.monotonic() < deadline, "the workers did not start"
-        time.sleep(0.1)
-    os.kill(server.process.pid, signal.SIGKILL)  # the server alone: its workers are re-parented
-    server.process.wait(timeout=10)
-    deadline = time.monotonic() + 5
-    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
-    server.stop()
+    try:
+        workers: list[int] = []
+
+        def all_started() -> bool:
+            workers[:] = render_workers(server) + render_workers(server, "preview")
+            return len(workers) >= 3
+
+        wait_until(all_started, "the server's 2 render workers and its preview worker")
+        os.kill(server.process.pid, signal.SIGKILL)  # the server alone: its workers are re-parented
+        server.process.wait(timeout=60)
+        wait_until(lambda: not any(alive(pid) for pid in workers), f"the orphaned workers {workers} to end")
+    finally:
+        server.kill_hard()  # whatever is left of its group
 
 
 def test_a_second_server_on_the_same_data_dir_refuses_naming_the_first(tmp_path: Path) -> None:
     first = start_server(tmp_path / "data", CONFIG)
     try:
-        second = subprocess.run(
-            [
-                *first.argv[:4],
-                "--port",
-                str(free_port()),
-                "--data-dir",
-                str(tmp_path / "data"),
-                "--config",
-                str(first.data_dir / "mirror.toml"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        second = run_serve_on_a_free_port(
+            [*first.argv[:4], "--data-dir", str(tmp_path / "data"), "--config", str(first.data_dir / "mirror.toml")]
         )
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
@@ -223,19 +236,20 @@ def test_a_full_disk_answers_the_envelope_and_the_mirror_recovers_when_space_ret
     try:
         assert wait_for(server, submit(server))["image_status"] == 3
         in_flight = submit(server, origin_img=slow_source)
-        wait_for(server, in_flight, statuses=(2,))
+        fetching(1)
         filler = fill(tmpfs)
         refused = httpx.post(server.base + SUBMIT, headers={"x-api-key": SECRET}, json=body(), timeout=30)
         assert refused.status_code == 503 and refused.headers["content-type"] == "application/json"
         answer = refused.json()
         assert answer["code"] == 1206 and "full" in answer["msg"] and str(tmpfs) not in answer["msg"]
         assert call(server, "GET", INFO, params={"image_model_id": in_flight})["code"] == 1000
-        time.sleep(4)  # the slow render finishes with nowhere to write its result
+        _SlowSource.release()  # the slow render finishes with nowhere to write its result
+        refused_result = f"job {in_flight}: no space left to store the result"
+        wait_until(lambda: refused_result in server.log.read_text(), "the log line of the result refused for space")
         assert call(server, "GET", INFO, params={"image_model_id": in_flight})["data"]["image_status"] in (1, 2)
         filler.unlink()
-        assert wait_for(server, in_flight, timeout=90)["image_status"] == 3
-        _SlowSource.delay = 0.0
-        assert wait_for(server, submit(server), timeout=60)["image_status"] == 3
+        assert wait_for(server, in_flight)["image_status"] == 3
+        assert wait_for(server, submit(server))["image_status"] == 3
         assert server.process.poll() is None
     finally:
         server.stop()
@@ -277,9 +291,14 @@ def test_a_page_damaged_while_running_gets_the_envelope_and_the_threads_survive(
         ]
         assert all(a.headers["content-type"] == "application/json" for a in answers)
         assert any(a.status_code == 503 and a.json()["code"] == 1206 and "damaged" in a.json()["msg"] for a in answers)
-        time.sleep(1.5)  # the dispatcher and the expiry thread meet the damage too
-        log = server.log.read_text()
-        assert "job store failed" in log
+
+        # The dispatcher and the expiry thread meet the damage too (each says so in the log).
+        def met_by(thread: str) -> bool:
+            failed = [line for line in server.log.read_text().splitlines() if "the job store failed (" in line]
+            return any(("expiry: " in line) == (thread == "expiry") for line in failed)
+
+        for thread in ("dispatcher", "expiry"):
+            wait_until(lambda thread=thread: met_by(thread), f"the {thread}'s line on the damaged store")
         with (data / "jobs.sqlite3").open("r+b") as file:  # what a person would do: restore the page
             file.seek((index_page - 1) * page_size)
             file.write(original)
@@ -299,14 +318,32 @@ class Hooks:
     url: str
     received: list[dict[str, Any]] = field(default_factory=list)
     up: bool = True
+    arrived: int = 0  # requests read (answered or not)
+    open: int = 0  # requests not yet answered (a held receiver's)
+    release: threading.Event = field(default_factory=threading.Event)  # a held receiver answers (503) from then
 
 
-def hook_server(drip_s: float = 0.0) -> tuple[http.server.ThreadingHTTPServer, Hooks]:
+def hook_server(drip_s: float = 0.0, hold: bool = False) -> tuple[http.server.ThreadingHTTPServer, Hooks]:
+    """A webhook receiver: up (200) or down (503); with `drip_s`, an answer a byte at a time; with `hold`,
+    no answer at all until `hooks.release` is set."""
     hooks = Hooks("")
+    count = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             payload = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            with count:
+                hooks.arrived += 1
+            if hold:
+                with count:
+                    hooks.open += 1
+                hooks.release.wait(300)
+                with count:
+                    hooks.open -= 1
+                with contextlib.suppress(OSError):
+                    self.send_response(503)
+                    self.end_headers()
+                return
             if not hooks.up:
                 self.send_response(503)
                 self.end_headers()
@@ -348,9 +385,7 @@ def test_webhooks_owed_before_a_kill_9_are_delivered_after_the_restart(tmp_path:
         hooks.up = True
         again = start_server(tmp_path / "data", CONFIG)
         try:
-            deadline = time.monotonic() + 30
-            while statuses(hooks, job) != [2, 3] and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: statuses(hooks, job) == [2, 3], "the owed webhooks (2, then 3) after the restart")
             assert statuses(hooks, job) == [2, 3]
         finally:
             again.stop()
@@ -359,30 +394,45 @@ def test_webhooks_owed_before_a_kill_9_are_delivered_after_the_restart(tmp_path:
         httpd.shutdown()
 
 
-def test_a_dripping_receiver_delays_only_its_own_webhooks(tmp_path: Path) -> None:
-    slow_httpd, _ = hook_server(drip_s=0.5)  # 20 s to answer, at a byte every 0.5 s
+def test_a_receiver_that_never_answers_delays_only_its_own_webhooks(tmp_path: Path) -> None:
+    """Ordered by events, not by the clock: the fast receiver gets both of its job's webhooks while the held
+    receiver's lane (2 deliveries at once to one receiver) is full and still waiting on its answers (their
+    timeout, 120 s, is far off)."""
+    held_httpd, held = hook_server(hold=True)
     fast_httpd, fast = hook_server()
+    config = CONFIG.replace("webhook_attempts = 6", "webhook_attempts = 2\nwebhook_timeout_s = 120")
+    server = start_server(tmp_path / "data", config)
+    try:
+        held_url = f"http://127.0.0.1:{held_httpd.server_address[1]}/hook"
+        for _ in range(6):
+            submit(server, webhookUrl=held_url)
+        wait_until(lambda: held.open >= 2, "two deliveries held open by the receiver that does not answer")
+        job = submit(server, webhookUrl=fast.url)
+        wait_until(lambda: statuses(fast, job) == [2, 3], "the fast receiver's two webhooks")
+        assert held.open == held.arrived == 2  # the held ones have not ended, and no other was let in meanwhile
+    finally:
+        held.release.set()
+        server.stop()
+        held_httpd.shutdown()
+        fast_httpd.shutdown()
+
+
+def test_a_dripping_receiver_is_cut_off_at_the_webhook_timeout(tmp_path: Path) -> None:
+    slow_httpd, _ = hook_server(drip_s=0.5)  # 20 s to answer, at a byte every 0.5 s
     config = CONFIG.replace("webhook_attempts = 6", "webhook_attempts = 2\nwebhook_timeout_s = 2")
     server = start_server(tmp_path / "data", config)
     try:
         slow_url = f"http://127.0.0.1:{slow_httpd.server_address[1]}/hook"
-        for _ in range(6):
-            submit(server, webhookUrl=slow_url)
-        time.sleep(1.0)  # the slow receiver's deliveries are under way
-        started = time.monotonic()
-        job = submit(server, webhookUrl=fast.url)
-        while statuses(fast, job) != [2, 3] and time.monotonic() - started < 20:
-            time.sleep(0.05)
-        assert statuses(fast, job) == [2, 3]
-        assert time.monotonic() - started < 5
-        time.sleep(3)
-        with sqlite3.connect(tmp_path / "data" / "jobs.sqlite3") as db:
-            errors = [row[0] for row in db.execute("SELECT last_error FROM webhooks WHERE url = ?", (slow_url,))]
-        assert any(e and "within 2 s" in e for e in errors), errors
+        submit(server, webhookUrl=slow_url)
+
+        def errors() -> list[str]:
+            with contextlib.closing(sqlite3.connect(tmp_path / "data" / "jobs.sqlite3", timeout=30)) as db:
+                return [row[0] for row in db.execute("SELECT last_error FROM webhooks WHERE url = ?", (slow_url,))]
+
+        wait_until(lambda: any(e and "within 2 s" in e for e in errors()), "a delivery cut off 'within 2 s'")
     finally:
         server.stop()
         slow_httpd.shutdown()
-        fast_httpd.shutdown()
 
 
 # --- memory -------------------------------------------------------------------------
@@ -490,10 +540,8 @@ def test_uploads_expire_with_the_results(tmp_path: Path) -> None:
             "url"
         ]
         assert httpx.get(url).status_code == 200
-        deadline = time.monotonic() + 10
-        while httpx.get(url).status_code == 200 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert httpx.get(url).status_code == 404
+        wait_until(lambda: httpx.get(url, timeout=30).status_code != 200, "the upload (time to live 1 s) to expire")
+        assert httpx.get(url, timeout=30).status_code == 404
     finally:
         server.stop()
 
@@ -708,10 +756,8 @@ def test_the_lock_holds_when_its_file_is_deleted(tmp_path: Path) -> None:
     first = start_server(tmp_path / "data", CONFIG)
     try:
         (tmp_path / "data" / "mirror.lock").unlink()
-        argv = [*first.argv[:4], "--port", str(free_port()), "--data-dir", str(tmp_path / "data")]
-        second = subprocess.run(
-            [*argv, "--config", str(first.data_dir / "mirror.toml")], capture_output=True, text=True, timeout=60
-        )
+        argv = [*first.argv[:4], "--data-dir", str(tmp_path / "data")]
+        second = run_serve_on_a_free_port([*argv, "--config", str(first.data_dir / "mirror.toml")])
         assert second.returncode == 2 and "in use" in second.stderr
     finally:
         first.stop()

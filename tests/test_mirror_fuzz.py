@@ -2,7 +2,7 @@
 (the API, its /api/v3 aliases, results and the test controls), positive and
 negative data: every answer must conform to the document (status, content
 type, headers, schema), no operation may answer a server error or hang
-(every call has a 10 s timeout), an unsupported method is a 405 with Allow.
+(every call has a 60 s timeout: only a hang exceeds it), an unsupported method is a 405 with Allow.
 
 Every Schemathesis check runs but two that expect a 4xx where upstream, and
 so the mirror, answers HTTP 200 with the failure's code (docs/contract.md):
@@ -46,7 +46,7 @@ def keep_on_loopback(case: schemathesis.Case, base: str) -> None:
 
 def test_every_operation_conforms_to_the_document(server: Server) -> None:  # noqa: F811
     schema = schemathesis.openapi.from_url(server.base + "/openapi.json")
-    document = httpx.get(server.base + "/openapi.json", timeout=10).json()
+    document = httpx.get(server.base + "/openapi.json", timeout=60).json()
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     labels = {f"{op.method.upper()} {op.path}" for op in operations}
     assert {
@@ -67,10 +67,10 @@ def test_every_operation_conforms_to_the_document(server: Server) -> None:  # no
             @given(case=operation.as_strategy(generation_mode=mode))
             def conforms(case: schemathesis.Case) -> None:
                 # Faults, policies and jobs of one example must not answer for the next.
-                httpx.post(server.base + "/_mirror/reset", json={}, timeout=10).raise_for_status()
+                httpx.post(server.base + "/_mirror/reset", json={}, timeout=60).raise_for_status()
                 keep_on_loopback(case, server.base)
                 headers: dict[str, Any] = {"x-api-key": SECRET}
-                response = case.call(base_url=server.base, headers=headers, timeout=10)
+                response = case.call(base_url=server.base, headers=headers, timeout=60)
                 counts[case.operation.label] += 1
                 case.validate_response(response, excluded_checks=UPSTREAM_WAYS, headers=headers)
 
@@ -87,5 +87,5 @@ def refused_without_credentials(server: Server, method: str, path: str) -> None:
     """What ignored_auth would want a 401 for: HTTP 200, 1102 without credentials and 1101 with wrong ones."""
     body: dict[str, Any] | None = {} if method == "POST" else None
     for headers, code in (({}, 1102), ({"x-api-key": "not-a-key"}, 1101), ({"authorization": "Bearer x.y.z"}, 1101)):
-        answer = httpx.request(method, server.base + path, json=body, headers=headers, timeout=10)
+        answer = httpx.request(method, server.base + path, json=body, headers=headers, timeout=60)
         assert (answer.status_code, answer.json()["code"]) == (200, code), (path, headers, answer.text)

@@ -218,7 +218,9 @@ def test_three_fetches_at_once_all_succeed(tmp_path: Path) -> None:
         subprocess.Popen(fetch_command(home), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(3)
     ]
-    outcomes = [(process.wait(timeout=120), *process.communicate()) for process in processes]
+    # communicate, not wait-then-read: a child whose output fills its pipe would never end while not read
+    outputs = [process.communicate(timeout=300) for process in processes]
+    outcomes = [(process.returncode, *output) for process, output in zip(processes, outputs, strict=True)]
     assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
     assert status(get_spec(NAME), home).state == "verified"
     target = model_path(get_spec(NAME), home)

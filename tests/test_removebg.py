@@ -215,6 +215,7 @@ def test_a_remove_bg_render_attempts_no_network_connection(tmp_path: Path) -> No
         env=environment_without_telemetry_setting(),
         capture_output=True,
         text=True,
+        timeout=600,
     )
     if done.returncode != 0 and "ptrace" in done.stderr:
         pytest.skip(f"strace cannot trace here: {done.stderr.strip()[:200]}")
@@ -233,6 +234,7 @@ def test_a_remove_bg_render_works_with_no_network_at_all() -> None:
         env=environment_without_telemetry_setting(),
         capture_output=True,
         text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
 

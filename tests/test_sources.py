@@ -195,11 +195,11 @@ def test_an_http_error_status_is_a_source_error(http_base: str) -> None:
 
 
 def test_a_slow_server_times_out(http_base: str) -> None:
-    _Handler.routes["/slow.png"] = (200, b"x", 2.0)
+    _Handler.routes["/slow.png"] = (200, b"x", 60.0)  # answers after a minute
     started = time.monotonic()
     with pytest.raises(SourceError, match=r"within 0\.3 s"):
         read_source(f"{http_base}/slow.png", "origin_img", SourcePolicy(deadline_s=0.3))
-    assert time.monotonic() - started < 1.9
+    assert time.monotonic() - started < 30  # cut at its deadline, long before the answer
 
 
 def test_a_download_over_the_size_limit_is_refused(http_base: str) -> None:

@@ -204,7 +204,10 @@ def shared_mirror(tmp_path_factory: pytest.TempPathFactory):
 
 
 @settings(
-    max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(data=st.data(), call=st.sampled_from(_CALLS), word=_ANY_TEXT, keyed=st.booleans())
 def test_no_text_makes_any_call_answer_a_5xx(shared_mirror, data: st.DataObject, call, word: str, keyed: bool) -> None:
