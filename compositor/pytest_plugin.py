@@ -33,7 +33,8 @@ from typing import Any
 
 import pytest
 
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0  # a loaded 2-core CI machine starts a server in seconds, not minutes
+PORT_RETRIES = 5  # times the server is started on another port when its free one was taken first
 # `add_source`'s way into a running server (which has no control call for sources): the server starts with a
 # source map whose "https://" prefix maps every https URL to a folder of the fixture's, where `add_source` puts
 # files and which is emptied before each test. So an https URL is never fetched: it is what the test added,
@@ -89,15 +90,21 @@ class MirrorProcess:
         self.client_id = "bg-mirror"
         self.client_secret = secrets.token_hex(16)  # 32 characters: an AES-256 key, as upstream's secrets are
         self.api_key = self.client_secret  # upstream's x-api-key is the client secret
+        self._source_map = self._write_source_map(source_map)
+        self._log = (data_dir / "server.log").open("wb")
+        self._start()
+
+    def _start(self) -> None:
+        """The server on a free port. The port is free when it is chosen; another process may take it before the
+        server binds it, and then the server exits saying so and `wait_until_ready` starts it on another."""
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self._log = (data_dir / "server.log").open("wb")
         # The client in the environment, not the command line, where every process could read its secret.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "COMPOSITOR_CLIENTS": f"{self.client_id}:{self.client_secret}"}
         env.pop("COMPOSITOR_ADMIN_TOKEN", None)  # its controls are open: it listens on loopback only
         command = [sys.executable, "-m", "compositor.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--data-dir", str(data_dir / "data"), "--workers", "1", "--log-level", "warning"]
-        command += ["--source-map", str(self._write_source_map(source_map))]
+        command += ["--data-dir", str(self.data_dir / "data"), "--workers", "1", "--log-level", "warning"]
+        command += ["--source-map", str(self._source_map)]
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=_end_with_parent
         )
@@ -157,8 +164,13 @@ class MirrorProcess:
         import httpx
 
         deadline = time.monotonic() + START_TIMEOUT_S
+        restarts = 0
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if f"cannot listen on 127.0.0.1:{self.port}" in self.log_tail() and restarts < PORT_RETRIES:
+                    restarts += 1
+                    self._start()
+                    continue
                 raise RuntimeError(f"bg_mirror: the server exited ({self.process.returncode}): {self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/_mirror/jobs", timeout=1.0).status_code == 200:

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import requests
+
 USER_TESTS = """
 import requests
 
@@ -219,3 +222,27 @@ def test_a_source_map_named_in_the_ini_file(tmp_path: Path) -> None:
     done = run_user_suite(tmp_path, "test_map.py", SOURCE_MAP_TESTS)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "2 passed" in done.stdout
+
+
+def test_the_server_starts_on_another_port_when_its_free_one_is_taken_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from compositor import pytest_plugin
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken])
+    real_free_port = pytest_plugin._free_port
+    monkeypatch.setattr(pytest_plugin, "_free_port", lambda: next(ports, None) or real_free_port())
+    server = pytest_plugin.MirrorProcess(tmp_path)
+    try:
+        server.wait_until_ready()
+        assert server.port != taken
+        assert requests.get(f"{server.base_url}/_mirror/jobs", timeout=10).status_code == 200
+    finally:
+        server.stop()
+        squatter.close()
