@@ -51,32 +51,39 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compositor.request import validate
-
     if is_catalogue(args.request):
         return _run_catalogue(args)
     loaded = load_body(args.request, as_json=args.json)
     if isinstance(loaded, int):
         return loaded
     body, base_dir = loaded
-    report = validate(body, strict=args.strict, limits=limits_of(args))
     try:
         source_map = read_source_map(args)
     except ValueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    envelope = _judge(body, base_dir, source_map, args)
+    print(json.dumps(envelope) if args.json else _as_text(envelope))
+    return EXIT_OK if envelope["code"] == 1000 else EXIT_INVALID
+
+
+def _judge(body: object, base_dir: Path | str, source_map: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """One body's envelope, as the options ask: the same for a single body and each of a catalogue's."""
+    from compositor.request import validate
+
+    report = validate(body, strict=args.strict, limits=limits_of(args))
     if source_map is not None and isinstance(body, dict):
         report.warnings.extend(_unmapped_files(body, source_map))
-    envelope = _with_sources(report, base_dir, source_map, strict=args.strict) if args.sources else report.envelope()
-    if args.json:
-        print(json.dumps(envelope))
-    else:
-        print("valid (1000)" if report.ok else f"invalid ({envelope['code']})")
-        for problem in report.errors:
-            print(f"  error   {problem.field}: {problem.message}")
-        for problem in report.warnings:
-            print(f"  warning {problem.field}: {problem.message}")
-    return EXIT_OK if report.ok else EXIT_INVALID
+    return _with_sources(report, base_dir, source_map, strict=args.strict) if args.sources else report.envelope()
+
+
+def _as_text(envelope: dict[str, Any], label: str = "") -> str:
+    """The verdict line, then a line per problem beneath it."""
+    code = envelope["code"]
+    lines = [f"{label}{'valid' if code == 1000 else 'invalid'} ({code})"]
+    lines += [f"  error   {p['field']}: {p['message']}" for p in envelope["data"]["errors"]]
+    lines += [f"  warning {p['field']}: {p['message']}" for p in envelope["data"]["warnings"]]
+    return "\n".join(lines)
 
 
 def _with_sources(report: ValidationReport, base_dir: Path | str, source_map: Any, *, strict: bool) -> dict[str, Any]:
@@ -129,37 +136,21 @@ def _run_catalogue(args: argparse.Namespace) -> int:
     text, its problems beneath it); then a count on stderr. One process, each
     body judged by the same rules as a single one."""
     from compositor.catalogue import CatalogueError, read_items
-    from compositor.request import validate
 
     try:
         source_map = read_source_map(args)
     except ValueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
-    limits = limits_of(args)
     counts = {"valid": 0, "invalid": 0}
     try:
         for item in read_items(Path(args.request)):
             if item.problem is not None:
                 envelope = body_error_envelope(item.problem["message"], item.problem["field"])
             else:
-                report = validate(item.body, strict=args.strict, limits=limits)
-                if source_map is not None and isinstance(item.body, dict):
-                    report.warnings.extend(_unmapped_files(item.body, source_map))
-                if args.sources:
-                    envelope = _with_sources(report, item.base_dir, source_map, strict=args.strict)
-                else:
-                    envelope = report.envelope()
-            valid = envelope["code"] == 1000
-            counts["valid" if valid else "invalid"] += 1
-            if args.json:
-                print(json.dumps({"id": item.id, **envelope}))
-                continue
-            print(f"{item.id}  {'valid' if valid else 'invalid'} ({envelope['code']})")
-            for problem in envelope["data"]["errors"]:
-                print(f"  error   {problem['field']}: {problem['message']}")
-            for problem in envelope["data"]["warnings"]:
-                print(f"  warning {problem['field']}: {problem['message']}")
+                envelope = _judge(item.body, item.base_dir, source_map, args)
+            counts["valid" if envelope["code"] == 1000 else "invalid"] += 1
+            print(json.dumps({"id": item.id, **envelope}) if args.json else _as_text(envelope, f"{item.id}  "))
     except CatalogueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
