@@ -36,12 +36,20 @@ def test_with_the_mock(mock_background_change):
 """
 
 
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+
+
 def run_user_suite(folder: Path, name: str, text: str, *options: str) -> subprocess.CompletedProcess[str]:
     """pytest on one test file in a folder of its own, as a user's suite runs."""
     (folder / name).write_text(text)
+    # A temporary root of its own, as pytester gives an inner pytest: in the shared
+    # /tmp/pytest-of-USER, pytest's clean-up of other sessions' numbered folders
+    # (running at once under a parallel suite) can leave an os.scandir iterator
+    # unclosed, a ResourceWarning that -W error turns into a failure of this run.
+    basetemp = folder / "basetemp"
     return subprocess.run(
         # -W error: a suite that makes warnings errors must not fail for the fixtures' sake (an unclosed socket).
-        [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider", *options, name],
+        [*PYTEST, "-W", "error", f"--basetemp={basetemp}", *options, name],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -83,7 +91,7 @@ def test_the_server_ends_when_pytest_is_killed(tmp_path: Path) -> None:
     output = tmp_path / "suite.out"
     with output.open("wb") as sink:
         suite = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_slow.py"],
+            [*PYTEST, f"--basetemp={tmp_path / 'basetemp'}", "test_slow.py"],
             cwd=tmp_path,
             stdout=sink,
             stderr=subprocess.STDOUT,
