@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -279,17 +280,19 @@ def test_a_quick_run_without_optional_keys_still_renders(gen_pages: ModuleType, 
     assert gen_pages.RENDERERS[name](bare)[0].startswith("## ")
 
 
-def test_the_page_shows_the_sections_of_the_files_present_in_order(
+def test_the_page_shows_every_section_in_order_and_says_which_have_no_results_yet(
     gen_pages: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(gen_pages, "RESULTS", tmp_path)
-    assert "No results yet" in gen_pages.performance_page()
+    empty = gen_pages.performance_page()
+    assert empty.count("No results yet: run `make bench`") == len(gen_pages.RENDERERS) - 1  # gpu.json: its own line
     (tmp_path / "server.json").write_text(json.dumps(server_result()))
     (tmp_path / "render.json").write_text(json.dumps(render_result()))
     page = gen_pages.performance_page()
-    assert "No results yet" not in page
     headings = [line for line in page.splitlines() if line.startswith("## ")]
-    assert len(headings) == 2 and "ender" in headings[0]
+    assert len(headings) == len(gen_pages.RENDERERS) and "ender" in headings[0]
+    assert page.count("No results yet") == len(gen_pages.RENDERERS) - 2
+    assert "7.25" in page and "benchmarks/results/batch.json" in page  # present, and missing said by name
 
 
 @pytest.mark.parametrize(("validate_ms", "verdict"), [(50.0, "met"), (60.0, "**missed**")])
@@ -305,3 +308,127 @@ def test_the_start_up_goal_follows_validate_over_a_bare_interpreter(
     text = "\n".join(gen_pages._startup(result))
     assert "| validate | 50.0 |" in text or "| validate | 60.0 |" in text
     assert f"| validate / python -c pass | {validate_ms / 20.0:.3f} | ≤ 2.5 | {verdict} |" in text
+
+
+# --- hand-written pages: their measured figures come from the result files, through markers ----------------------
+
+DOCS = REPO / "docs"
+HAND_WRITTEN = sorted(path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md"))
+
+# What a measured figure looks like. Anywhere: a rate, a time to two decimals, a decimal ratio, a percentile, a peak in
+# MB. In a table also: any time, a fraction to three decimals (IoU), or a header that names a measurement.
+PROSE_FIGURE = re.compile(
+    r"\d+(?:\.\d+)?\s?(?:items|jobs)/s\b|\b\d+\.\d{2,}\s?m?s\b|\b\d+\.\d+x\b|\bp(?:50|99) \d"
+    r"|\b\d+(?:\.\d+)?\s?MB (?:peak|against)\b|\bpeak(?:ed)? (?:RSS )?(?:at |of )?\d"
+)
+TABLE_FIGURE = re.compile(r"\b\d+(?:\.\d+)?\s?m?s\b|\b0\.\d{3,}\b")
+MEASURED_HEADER = re.compile(r"\b(?:RSS|median|this run|p50|p99|items/s|jobs/s|IoU|MAD)\b|per .* foreground")
+
+
+def _words(text: str) -> list[str]:
+    """The page's lines as prose: fenced code, code spans, quoted messages, link targets and HTML comments taken out
+    (an example of output is not a measurement)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.MULTILINE)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.DOTALL)
+    text = re.sub(r"`[^`]*`", "", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    return [re.sub(r'"[^"]*"', "", line) for line in text.splitlines()]
+
+
+@pytest.mark.parametrize("page", HAND_WRITTEN)
+def test_no_hand_written_page_types_a_measured_figure(page: str) -> None:
+    found = []
+    lines = _words((DOCS / page).read_text())
+    for previous, line in zip(["", *lines], lines, strict=False):
+        table = line.startswith("|")
+        figures = PROSE_FIGURE.findall(line) + (TABLE_FIGURE.findall(line) if table else [])
+        found += [f"{figure!r} in {line[:100]!r}" for figure in dict.fromkeys(figures)]
+        if table and not previous.startswith("|") and MEASURED_HEADER.search(line):
+            found.append(f"a table of measurements: {line[:100]!r}")
+    assert not found, f"{page}: figures typed by hand go stale; mark <!-- results: NAME --> instead:\n" + "\n".join(
+        found
+    )
+
+
+@pytest.mark.parametrize(
+    ("page", "names"),
+    [("batch.md", ["batch"]), ("removebg.md", ["removebg", "gpu"]), ("guide.md", ["png"]), ("mirror.md", ["server"])],
+)
+def test_the_pages_that_discuss_a_benchmark_carry_its_marker(page: str, names: list[str]) -> None:
+    text = (DOCS / page).read_text()
+    assert all(f"<!-- results: {name} -->" in text.splitlines() for name in names)
+
+
+def test_every_marker_in_the_docs_names_a_result_file(gen_pages: ModuleType) -> None:
+    markers = [m for page in HAND_WRITTEN for m in re.findall(r"<!-- results: ([\w-]+) -->", (DOCS / page).read_text())]
+    assert markers and all(f"{name}.json" in gen_pages.RENDERERS for name in markers), markers
+
+
+PAGE = """# A guide
+
+Prose that explains.
+
+## Measured
+
+```sh
+# a comment, not a heading
+```
+
+<!-- results: batch -->
+
+Prose after.
+"""
+
+
+def test_a_marker_becomes_the_section_of_its_result_file_one_level_under_its_heading(
+    gen_pages: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gen_pages, "RESULTS", tmp_path)
+    (tmp_path / "batch.json").write_text(json.dumps(batch_result(60.0)))
+    lines = gen_pages.with_results(PAGE).splitlines()
+    assert "<!-- results: batch -->" not in lines
+    assert "### Batch" in lines and "Prose that explains." in lines and "Prose after." in lines
+    assert f"{200 / 60.0:.2f}" in _row(lines, "local pool, 2 workers")
+    assert _row(lines, "speed-up").rstrip(" |").endswith("**missed**")
+    assert gen_pages.with_results("# T\n\n<!-- results: batch -->\n").splitlines()[2] == "## Batch"
+    assert gen_pages.with_results("Text.\n") == "Text.\n"  # no marker: the page as it is
+
+
+def test_a_marker_without_its_result_file_says_no_results_yet(
+    gen_pages: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gen_pages, "RESULTS", tmp_path)
+    text = gen_pages.with_results(PAGE)
+    assert "### Batch" in text.splitlines()
+    assert "No results yet: run `make bench` (it writes `benchmarks/results/batch.json`)." in text
+    assert not _tables(text.splitlines())
+
+
+def test_a_marker_naming_no_result_file_fails_the_build(gen_pages: ModuleType) -> None:
+    with pytest.raises(ValueError, match="bacth"):
+        gen_pages.with_results("# T\n\n<!-- results: bacth -->\n")
+
+
+def test_the_gpu_check_renders_providers_times_and_the_masks_agreement(gen_pages: ModuleType) -> None:
+    result = {
+        "onnxruntime": "1.31.1",
+        "model": "u2netp",
+        "image": [610, 700],
+        "cpu": {"active_providers": ["CPUExecutionProvider"], "predict_median_s": 0.0729, "last_inference_s": 0.06},
+        "cuda": {"active_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "predict_median_s": 0.016},
+        "mask_max_abs_difference": 16,
+        "mask_mean_abs_difference": 0.0624,
+        "mask_iou": 0.99922,
+    }
+    lines = gen_pages.RENDERERS["gpu.json"](result)
+    assert lines[0].startswith("## ")
+    assert "0.073" in _row(lines, "cpu", "CPUExecutionProvider") and "0.016" in _row(lines, "cuda")
+    text = "\n".join(lines)
+    assert "0.99922" in text and "16" in text and "0.062" in text and "onnxruntime 1.31.1" in text
+    assert gen_pages.RENDERERS["gpu.json"]({"cpu": {}})[0].startswith("## ")  # a partial file still renders
+
+
+def test_one_table_helper_lays_out_every_table(gen_pages: ModuleType) -> None:
+    assert gen_pages._table(["a", "b"], [["1", "2"], ["3", ""]]) == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 |  |"]
+    source = (REPO / "docs" / "gen_pages.py").read_text()
+    assert source.count("---|") == 1  # the separator row is written in one place: _table
