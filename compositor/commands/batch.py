@@ -7,7 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from compositor.commands.common import EXIT_UNUSABLE, add_source_map_argument, read_source_map
+from compositor.commands.common import (
+    EXIT_UNUSABLE,
+    add_source_map_argument,
+    add_threshold_arguments,
+    read_source_map,
+    thresholds_of,
+)
 from compositor.weights import model_names
 
 
@@ -22,6 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--resume", action="store_true", help="skip items whose output exists; append to the report")
     batch.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
     add_source_map_argument(batch)
+    add_threshold_arguments(batch)
     batch.set_defaults(handler=run)
 
 
@@ -49,6 +56,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     if args.workers is not None and args.workers < 1:
         print("compositor: --workers must be 1 or more", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        args.thresholds = thresholds_of(args)  # pre-flight's, as PreflightThresholds' keyword arguments
+    except ValueError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         source_map = read_source_map(args)

@@ -70,6 +70,27 @@ def limits_of(args: argparse.Namespace) -> Any:
     )
 
 
+def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
+    from compositor.mirror.settings import BY_KEY, THRESHOLDS
+
+    for key, _, default, _ in THRESHOLDS:
+        setting = BY_KEY[key]
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",  # the setting's flag, by construction (a test holds them equal)
+            type=float,
+            metavar="N",
+            help=f"{setting.help} (default {default:g}; ${setting.env})",
+        )
+
+
+def thresholds_of(args: argparse.Namespace) -> dict[str, float]:
+    """The thresholds a command's flags and the environment set (validate, batch)."""
+    from compositor.mirror.settings import THRESHOLDS, threshold_values
+
+    flags = {key: getattr(args, key, None) for key, *_ in THRESHOLDS}
+    return threshold_values(flags, os.environ, {})
+
+
 # A body is a few hundred bytes; data: URIs can make it megabytes. Past this
 # it is not a body (and /dev/zero on stdin is not read until memory runs out).
 MAX_BODY_BYTES = 256 * 1024 * 1024

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compositor.commands.common import EXIT_OK, EXIT_UNUSABLE, add_source_map_argument, one_line
+from compositor.commands.common import (
+    EXIT_OK,
+    EXIT_UNUSABLE,
+    add_source_map_argument,
+    add_threshold_arguments,
+    one_line,
+)
 from compositor.weights import model_names
 
 if TYPE_CHECKING:
@@ -44,6 +50,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--page-host", action="append", metavar="NAME", help="a host name the preview page answers on, beside loopback"
     )
     add_source_map_argument(serve)
+    add_threshold_arguments(serve)
     serve.add_argument(
         "--admin-token",
         help="the test controls under /_mirror/ need it in the x-mirror-admin header ($COMPOSITOR_ADMIN_TOKEN);"
@@ -98,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
         "scenario": args.scenario,
         "model": args.model,
         "scheduler": args.scheduler,
+        "warn_aspect_change": args.warn_aspect_change,
+        "warn_enlargement": args.warn_enlargement,
+        "warn_cut_off": args.warn_cut_off,
     }
     from compositor import logs
 

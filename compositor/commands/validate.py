@@ -14,10 +14,12 @@ from compositor.commands.common import (
     EXIT_UNUSABLE,
     add_limit_arguments,
     add_source_map_argument,
+    add_threshold_arguments,
     body_error_envelope,
     limits_of,
     load_body,
     read_source_map,
+    thresholds_of,
 )
 
 if TYPE_CHECKING:
@@ -47,10 +49,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_limit_arguments(validate)
     add_source_map_argument(validate)
+    add_threshold_arguments(validate)
     validate.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        args.thresholds = thresholds_of(args)
+    except ValueError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
     if is_catalogue(args.request):
         return _run_catalogue(args)
     loaded = load_body(args.request, as_json=args.json)
@@ -74,7 +82,9 @@ def _judge(body: object, base_dir: Path | str, source_map: Any, args: argparse.N
     report = validate(body, strict=args.strict, limits=limits_of(args))
     if source_map is not None and isinstance(body, dict):
         report.warnings.extend(_unmapped_files(body, source_map))
-    return _with_sources(report, base_dir, source_map, strict=args.strict) if args.sources else report.envelope()
+    if not args.sources:
+        return report.envelope()
+    return _with_sources(report, base_dir, source_map, strict=args.strict, thresholds=args.thresholds)
 
 
 def _as_text(envelope: dict[str, Any], label: str = "") -> str:
@@ -86,18 +96,20 @@ def _as_text(envelope: dict[str, Any], label: str = "") -> str:
     return "\n".join(lines)
 
 
-def _with_sources(report: ValidationReport, base_dir: Path | str, source_map: Any, *, strict: bool) -> dict[str, Any]:
+def _with_sources(
+    report: ValidationReport, base_dir: Path | str, source_map: Any, *, strict: bool, thresholds: dict[str, float]
+) -> dict[str, Any]:
     """The envelope after reading a valid body's source headers (`--sources`):
     unreadable sources are errors (1108 when they are the only ones), what the
     headers predict is warnings (errors under --strict). Only here are Pillow
     and numpy loaded: `validate` without --sources reads no picture."""
     if report.request is None:
         return dict(report.envelope())
-    from compositor.preflight import envelope, preflight
+    from compositor.preflight import PreflightThresholds, envelope, preflight
     from compositor.sources import SourcePolicy
 
     policy = SourcePolicy(base_dir=Path(base_dir), source_map=source_map)
-    errors, warnings = preflight(report.request, policy)
+    errors, warnings = preflight(report.request, policy, PreflightThresholds(**thresholds))
     report.errors.extend(errors)
     (report.errors if strict else report.warnings).extend(warnings)
     return envelope(report, errors)

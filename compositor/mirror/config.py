@@ -17,9 +17,10 @@ from compositor.budget import MB
 from compositor.mirror.accounts import Client
 from compositor.mirror.controls import ControlInputError, load_scenario
 from compositor.mirror.service import MirrorSettings
-from compositor.mirror.settings import BY_KEY
+from compositor.mirror.settings import BY_KEY, threshold_values
 from compositor.mirror.webhooks import RetryPolicy
 from compositor.outbound import is_loopback_name
+from compositor.preflight import PreflightThresholds
 from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
 from compositor.weights import model_names
 
@@ -154,6 +155,11 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     except ControlInputError as exc:
         raise ConfigError(f"scenario {exc}") from None
 
+    try:
+        preflight = PreflightThresholds(**threshold_values(flags, environ, file))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
     if len({c.client_id for c in clients}) != len(clients):
         raise ConfigError("two clients share an id")
     display_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -174,6 +180,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         scheduler=pick("scheduler", None) or None,
         admin_token=admin_token,
         scenario=scenario,
+        preflight=preflight,
         body_limit=int(file.get("max_body_bytes", MB)),
         source_deadline_s=float(file.get("source_deadline_s", 30.0)),
         webhook_retry=RetryPolicy(

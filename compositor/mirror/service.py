@@ -36,6 +36,7 @@ from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
 from compositor.mirror.worker import RenderOutcome, prepare_worker, render_png, render_to_file, store_png
 from compositor.outbound import OutboundPolicy
 from compositor.pool import WorkerDied, WorkerPool
+from compositor.preflight import PreflightThresholds
 from compositor.request import Limits, validate
 from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
@@ -91,6 +92,7 @@ class MirrorSettings:
     controls_open: bool = False
     admin_token: str | None = None
     scenario: Scenario | None = None  # fault rules and a job policy to start with
+    preflight: PreflightThresholds = field(default_factory=PreflightThresholds)  # when a job's answer warns
     # The in-process mock: jobs render in the polling thread; any key is a client; nothing beyond this machine.
     inline: bool = False
     open_accounts: bool = False

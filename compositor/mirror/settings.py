@@ -6,7 +6,10 @@ when the code reads a setting that is not here."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,30 @@ SETTINGS: tuple[Setting, ...] = (
         "none (local processes)",
         "a Dask scheduler's address: jobs render on that cluster",
     ),
+    Setting(
+        "warn_aspect_change",
+        "--warn-aspect-change",
+        "COMPOSITOR_WARN_ASPECT_CHANGE",
+        "0.02",
+        "pre-flight warns when a layer is resized off its picture's aspect ratio by more than this fraction",
+        commands="validate --sources, batch, serve",
+    ),
+    Setting(
+        "warn_enlargement",
+        "--warn-enlargement",
+        "COMPOSITOR_WARN_ENLARGEMENT",
+        "2.0",
+        "pre-flight warns when a layer is drawn more than this many times its picture's width or height",
+        commands="validate --sources, batch, serve",
+    ),
+    Setting(
+        "warn_cut_off",
+        "--warn-cut-off",
+        "COMPOSITOR_WARN_CUT_OFF",
+        "0.5",
+        "pre-flight warns when more than this fraction of a layer's area falls outside the canvas",
+        commands="validate --sources, batch, serve",
+    ),
     Setting("log_level", "--log-level", "COMPOSITOR_LOG_LEVEL", "info", "debug, info, warning or error", False),
     Setting("log_format", "--log-format", "COMPOSITOR_LOG_FORMAT", "text", "text, or json (a line each)", False),
     Setting("expiry_interval_s", None, None, "60", "seconds between looks for expired results"),
@@ -128,3 +155,34 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_KEY = {setting.key: setting for setting in SETTINGS}
+
+# Pre-flight's thresholds: (setting key, the PreflightThresholds field it sets, its default, its largest value).
+THRESHOLDS = (
+    ("warn_aspect_change", "max_aspect_change", 0.02, math.inf),
+    ("warn_enlargement", "max_enlargement", 2.0, math.inf),
+    ("warn_cut_off", "max_cut_off", 0.5, 1.0),
+)
+
+
+def threshold_values(flags: dict[str, Any], environ: Mapping[str, str], file: Mapping[str, Any]) -> dict[str, float]:
+    """Pre-flight's thresholds as PreflightThresholds' keyword arguments, each
+    from its flag, else its variable, else `file` (serve's config), else its
+    default; ValueError naming the setting for a value that is not a number
+    from 0 to its largest."""
+    values = {}
+    for key, name, default, largest in THRESHOLDS:
+        setting = BY_KEY[key]
+        raw, origin = flags.get(key), setting.flag
+        if raw is None and setting.env and setting.env in environ:
+            raw, origin = environ[setting.env], setting.env
+        if raw is None:
+            raw, origin = file.get(key, default), f"{key} in the config file"
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0 <= value <= largest:  # NaN fails both
+            upper = "" if math.isinf(largest) else f" to {largest:g}"
+            raise ValueError(f"{origin} must be a number from 0{upper}, not {raw!r}")
+        values[name] = value
+    return values
