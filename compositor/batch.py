@@ -12,6 +12,12 @@ chunks and never held. The workers read the sources and render; the answers
 alone, so an item is written exactly once even when a lost Dask worker's
 task runs again elsewhere.
 
+Each item's warnings (validate's, and pre-flight's from its sources' headers)
+are found on the worker, right before its render, through the render's own
+SourcePolicy: the worker has the sources at hand, and the client reads none.
+They come back with the answer, into the item's report line; under `strict`
+an item with any is refused (1003, its warnings as errors) and not rendered.
+
 A cluster that goes away is waited for, up to RECONNECT_PATIENCE_S: the
 items it dropped run again once it is back; past that, the batch stops
 (exit 2) and `--resume` carries on. An output that cannot be written (a full
@@ -48,12 +54,14 @@ RECONNECT_PATIENCE_S = 60.0
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """What a worker answers: the PNG, or the API's code and the problems by field."""
+    """What a worker answers: the PNG, or the API's code and the problems by
+    field; and the item's warnings either way (refused or not)."""
 
     png: bytes | None
     code: int
     errors: list[dict[str, str]]
     seconds: float
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -61,6 +69,7 @@ class BatchSummary:
     done: int = 0
     failed: int = 0
     skipped: int = 0
+    warned: int = 0  # items whose line has warnings (refused under --strict or not)
     not_run: int = 0  # items under way when the batch stopped
     stopped_by: str | None = None  # "interrupted", or why the executor stopped
 
@@ -81,13 +90,27 @@ class BatchOutputError(Exception):
 # --- on a worker -------------------------------------------------------------------
 
 
-def render_item(body: Any, base_dir: str, source_map: SourceMap | None, model: str) -> ItemOutcome:
-    """Render one body to PNG bytes, on whichever worker runs it. Its removeBg
-    model stays loaded in the worker's process for the items after it."""
+def render_item(
+    body: Any,
+    base_dir: str,
+    source_map: SourceMap | None,
+    model: str,
+    thresholds: dict[str, float] | None = None,
+    strict: bool = False,
+) -> ItemOutcome:
+    """Render one body to PNG bytes, on whichever worker runs it, with its
+    warnings: validate's, then pre-flight's from the sources' headers (read
+    here, through the render's policy; `thresholds` are PreflightThresholds'
+    keyword arguments). Under `strict` an item with any warning is refused
+    (1003, the warnings as errors) and not rendered; else warnings never stop
+    it. A source pre-flight cannot read is left to the render (1108). Its
+    removeBg model stays loaded in the worker's process for the items after it."""
     from compositor import CompositorError, RemovalOptions, RenderOptions, SourceError
+    from compositor.codes import ApiCode
     from compositor.encode import encode
     from compositor.engine import render_array
     from compositor.heap import prepare_render_process
+    from compositor.preflight import PreflightThresholds, preflight
     from compositor.request import validate
     from compositor.sources import SourcePolicy
     from compositor.threads import set_render_threads
@@ -97,19 +120,26 @@ def render_item(body: Any, base_dir: str, source_map: SourceMap | None, model: s
     started = time.perf_counter()
     report = validate(body)
     if report.request is None:
-        return ItemOutcome(None, int(report.code), [p.as_dict() for p in report.errors], _since(started))
-    options = RenderOptions(
-        sources=SourcePolicy(base_dir=Path(base_dir), source_map=source_map), removal=RemovalOptions(model=model)
-    )
+        refused = [p.as_dict() for p in report.errors + (report.warnings if strict else [])]
+        warned = [p.as_dict() for p in report.warnings]
+        return ItemOutcome(None, int(report.code), refused, _since(started), warned)
+    policy = SourcePolicy(base_dir=Path(base_dir), source_map=source_map)
+    unreadable, found = preflight(report.request, policy, PreflightThresholds(**(thresholds or {})))
+    warnings = [p.as_dict() for p in report.warnings + found]
+    if strict and warnings:  # as `validate --strict --sources`: the warnings (and any unreadable source) as errors
+        errors = [p.as_dict() for p in report.warnings + unreadable + found]
+        return ItemOutcome(None, int(ApiCode.PARAMETER_ERROR), errors, _since(started), warnings)
+    options = RenderOptions(sources=policy, removal=RemovalOptions(model=model))
     try:
         png = encode(render_array(report.request, options=options))  # parsed once, by the validation above
     except SourceError as exc:
-        return ItemOutcome(None, int(exc.code), [field_problem(exc.field, exc.reason)], _since(started))
+        return ItemOutcome(None, int(exc.code), [field_problem(exc.field, exc.reason)], _since(started), warnings)
     except CompositorError as exc:
-        return ItemOutcome(None, int(exc.code), [field_problem("body", str(exc))], _since(started))
+        return ItemOutcome(None, int(exc.code), [field_problem("body", str(exc))], _since(started), warnings)
     except MemoryError:
-        return ItemOutcome(None, 1206, [field_problem("body", "the render ran out of memory")], _since(started))
-    return ItemOutcome(png, 1000, [], _since(started))
+        problem = field_problem("body", "the render ran out of memory")
+        return ItemOutcome(None, 1206, [problem], _since(started), warnings)
+    return ItemOutcome(png, 1000, [], _since(started), warnings)
 
 
 def _since(started: float) -> float:
@@ -134,6 +164,8 @@ class BatchRun:
     source_map: SourceMap | None = None
     model: str = "u2netp"
     resume: bool = False
+    thresholds: dict[str, float] | None = None  # pre-flight's (PreflightThresholds' keyword arguments)
+    strict: bool = False  # an item with any warning is refused (1003), not rendered
     progress: Any = None  # a Progress, or None for silence
     summary: BatchSummary = field(default_factory=BatchSummary)
     # Items the executor dropped (its cluster went away), to run again once it is back.
@@ -214,7 +246,9 @@ class BatchRun:
             )
 
     def _submit(self, item: Item) -> Future[ItemOutcome]:
-        return self.executor.submit(render_item, item.body, item.base_dir, self.source_map, self.model)
+        return self.executor.submit(
+            render_item, item.body, item.base_dir, self.source_map, self.model, self.thresholds, self.strict
+        )
 
     def _settle(
         self, future: Future[ItemOutcome], pending: _Pending, in_flight: dict[Future[ItemOutcome], _Pending]
@@ -241,19 +275,30 @@ class BatchRun:
             return
         self._away_since = None
         if outcome.png is None:
-            self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds)
+            self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds, outcome.warnings)
             return
         with _ctrl_c_waits():  # a result on disk always has its report line
             try:
                 write_atomically(self._output(item), outcome.png)
             except OSError as exc:  # a full disk: the batch stops, what was written stays whole
                 raise BatchOutputError(self._output(item), exc) from None
-            self._record(item, "done", outcome.code, [], outcome.seconds)
+            self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings)
 
     def _output(self, item: Item) -> Path:
         return self.outdir / f"{item.id}.png"
 
-    def _record(self, item: Item, status: str, code: int | None, errors: list[dict[str, str]], seconds: float) -> None:
+    def _record(
+        self,
+        item: Item,
+        status: str,
+        code: int | None,
+        errors: list[dict[str, str]],
+        seconds: float,
+        warnings: list[dict[str, str]] | None = None,
+    ) -> None:
+        """The item's report line. `warnings` is [] where none were found, and
+        where none were looked for (an item that is not a body, a skipped one,
+        a worker lost)."""
         line = {
             "id": item.id,
             "status": status,
@@ -261,6 +306,7 @@ class BatchRun:
             "seconds": seconds,
             "code": code,
             "errors": errors,
+            "warnings": warnings or [],
         }
         try:
             self._report.write(json.dumps(line) + "\n")
@@ -268,6 +314,8 @@ class BatchRun:
         except OSError as exc:
             raise BatchOutputError(self.outdir / REPORT_NAME, exc) from None
         setattr(self.summary, status, getattr(self.summary, status) + 1)
+        if warnings:
+            self.summary.warned += 1
         if self.progress is not None:
             self.progress.advance(status)
 

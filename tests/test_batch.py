@@ -101,6 +101,7 @@ def test_the_report_has_a_line_per_item_and_a_bad_item_stops_nothing(tmp_path: P
         "seconds": 0.0,
         "code": 1003,
         "errors": [{"field": "body", "message": by_id["000002"]["errors"][0]["message"]}],
+        "warnings": [],
     }
     assert by_id["no-source"]["code"] == 1108 and by_id["no-source"]["errors"][0]["field"] == "origin_img"
     assert by_id["bad-size"]["code"] == 1003 and by_id["bad-size"]["errors"][0]["field"] == "canvas_size"

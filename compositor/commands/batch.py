@@ -26,6 +26,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--workers", type=int, help="local render processes (default: the core count)")
     batch.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="render on this Dask cluster instead")
     batch.add_argument("--resume", action="store_true", help="skip items whose output exists; append to the report")
+    batch.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (1003, not rendered) an item with any warning: the body's own, or pre-flight's from its"
+        " sources' headers (each item's warnings are in report.jsonl either way)",
+    )
     batch.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
     add_source_map_argument(batch)
     add_threshold_arguments(batch)
@@ -89,7 +95,14 @@ def _run_batch(args: argparse.Namespace) -> int:
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
     run = BatchRun(
-        args.output, executor, source_map=source_map, model=args.model, resume=args.resume, progress=Progress(total)
+        args.output,
+        executor,
+        source_map=source_map,
+        model=args.model,
+        resume=args.resume,
+        thresholds=args.thresholds,
+        strict=args.strict,
+        progress=Progress(total),
     )
     try:
         summary = run.run(read_items(source))
@@ -99,7 +112,8 @@ def _run_batch(args: argparse.Namespace) -> int:
     finally:
         executor.shutdown()
     report = args.output / "report.jsonl"
-    line = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped; report in {report}"
+    counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped"
+    line = f"{counts}, {summary.warned} with warnings; report in {report}"
     if summary.stopped_by == "interrupted":
         line = f"interrupted: {line}; {summary.not_run} under way were dropped (--resume carries on)"
     elif summary.stopped_by is not None:
