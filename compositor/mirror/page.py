@@ -1,6 +1,12 @@
-"""The offline preview page and the endpoints it calls. HTTP only: renders
-and upload checks run on the mirror's preview worker (never in the server
-process), validation through `compositor.validate`.
+"""The offline preview page and the endpoints it calls. HTTP only: renders,
+upload checks and pre-flight's header reads run on the mirror's preview
+worker (never in the server process), validation through `compositor.validate`.
+
+The verdict (`/preview/validate`) reads no source, so it stays fast and never
+waits for a page slot; pre-flight (`/preview/preflight`) is a separate call the
+page makes once a body is valid, beside its render: it reads the sources'
+headers as a job would (the mirror's SourcePolicy, its thresholds) and answers
+the verdict's envelope with what they predict added (see `compositor.preflight`).
 
 No account is needed from loopback; from anywhere else these endpoints want
 a client's `x-api-key`, like the API itself."""
@@ -32,6 +38,8 @@ from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, hos
 from compositor.mirror.service import Mirror
 from compositor.mirror.worker import probe_upload, render_preview
 from compositor.pool import WorkerDied, WorkerError
+from compositor.preflight import envelope as preflight_envelope
+from compositor.preflight import preflight
 from compositor.request import validate
 from compositor.sources import sniff_type
 from compositor.weights import load_manifest, model_names, status
@@ -193,6 +201,23 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
     async def preview_validate(request: Request) -> JSONResponse:
         check_caller(request, ("application/json",))
         return JSONResponse(validate(await request_body(request), limits=settings.limits).envelope())
+
+    @app.post("/preview/preflight", include_in_schema=False)
+    async def preview_preflight(request: Request) -> JSONResponse:
+        """The verdict's envelope and, for a valid body, pre-flight's: its
+        sources' headers read on the preview worker, as a job reads them (the
+        mirror's sources and thresholds). A source that cannot be read is an
+        error on its field, and the answer's code 1108 when no other error
+        stands; what the headers predict is in `data.warnings`."""
+        check_caller(request, ("application/json",))
+        async with page_slot():
+            report = validate(await request_body(request), limits=settings.limits)
+            if report.request is None:
+                return JSONResponse(report.envelope())
+            unreadable, found = await on_page_worker(preflight, report.request, mirror.sources, settings.preflight)
+        report.errors.extend(unreadable)
+        report.warnings.extend(found)
+        return JSONResponse(preflight_envelope(report, unreadable))
 
     @app.post("/preview/render", include_in_schema=False)
     async def preview_render(request: Request) -> Response:

@@ -179,23 +179,52 @@ function showBody() {
     "Put the picture at a URL upstream can reach before sending the body there.";
 }
 
-function showMessages(envelope) {
+// What the messages show: an envelope (the verdict's, or pre-flight's once it
+// has come for the same body: the verdict's with what the sources' headers
+// predict added) and, apart from it, why a render failed.
+let shownEnvelope = { code: 1000, data: {} }, shownFailure = null;
+
+function drawMessages() {
   for (const el of document.querySelectorAll(".msg")) { el.textContent = ""; el.className = "msg"; }
-  const data = envelope.data || {};
+  const envelope = shownEnvelope, data = envelope.data || {};
+  // Each problem on its own line beside its field; a warning says so in words, not by colour alone.
   const put = (problem, kind) => {
     const el = document.querySelector(`.msg[data-for="${problem.field}"]`) || document.querySelector('.msg[data-for="body"]');
-    el.textContent += `${kind === "error" ? envelope.code : "warning"}: ${problem.field} ${problem.message} `;
+    const line = document.createElement("span");
+    line.className = `problem ${kind}`;
+    line.textContent = `${kind === "error" ? envelope.code : "warning"}: ${problem.field} ${problem.message} `;
+    el.append(line);
     el.classList.add(kind);
   };
   (data.errors || []).forEach((p) => put(p, "error"));
   (data.warnings || []).forEach((p) => put(p, "warning"));
-  $("summary").textContent = envelope.code === 1000 ? "valid (1000)" : `invalid (${envelope.code}): ${envelope.msg}`;
+  const failed = shownFailure || (envelope.code !== 1000 ? envelope : null);
+  $("summary").textContent = failed ? `invalid (${failed.code}): ${failed.msg}` : "valid (1000)";
+}
+
+function showMessages(envelope) {
+  shownEnvelope = envelope; shownFailure = null;
+  drawMessages();
+}
+
+// A render (or download) that failed for a body the engine passed: said in the
+// summary, and the body's messages (its warnings too) stay.
+function showFailure(answer) {
+  shownFailure = answer;
+  drawMessages();
 }
 
 // The verdict for the body now shown, or "checking" while the engine has not judged it.
 function showVerdict(envelope, judged) {
   showMessages(envelope);
   $("summary").dataset.judged = judged;
+}
+
+// Pre-flight's answer for the body now shown (#summary's data-preflighted holds the body it read for).
+function showPreflight(envelope, judged) {
+  shownEnvelope = envelope;
+  drawMessages();
+  $("summary").dataset.preflighted = judged;
 }
 
 // --- the server ---------------------------------------------------------------
@@ -208,6 +237,7 @@ function schedule() {
   clearTimeout(timer);
   ++generation; // an answer still on its way is about an earlier body
   delete $("summary").dataset.judged;
+  delete $("summary").dataset.preflighted;
   $("summary").textContent = "checking...";
   timer = setTimeout(refresh, 150); // debounced while dragging
 }
@@ -224,7 +254,15 @@ async function refresh() {
   if (mine !== generation) return;
   showVerdict(envelope, judged);
   if (envelope.code !== 1000) return;
-  const response = await post("/preview/render", { body: sent, model: $("removeBg_model").value });
+  // The sources' headers are read beside the render, never before the verdict: asked first, so
+  // they are read before the render on a busy preview worker.
+  const checked = post("/preview/preflight", { body: sent }).then((r) => r.json());
+  const rendered = post("/preview/render", { body: sent, model: $("removeBg_model").value });
+  checked.then(
+    (answer) => { if (mine === generation) showPreflight(answer.data && answer.data.errors ? answer : withNote(envelope, answer), judged); },
+    (err) => { if (mine === generation) showPreflight(withNote(envelope, { code: 0, msg: err.message }), judged); },
+  );
+  const response = await rendered;
   if (mine !== generation) return;
   if ((response.headers.get("content-type") || "").startsWith("image/")) {
     const url = URL.createObjectURL(await response.blob());
@@ -233,8 +271,15 @@ async function refresh() {
     if (old.startsWith("blob:")) URL.revokeObjectURL(old);
     $("preview").dataset.count = String(++previews);
   } else {
-    showMessages(await response.json());
+    const answer = await response.json();
+    if (mine === generation) showFailure(answer);
   }
+}
+
+// The verdict, with a warning that pre-flight could not be had (a busy page: 1005).
+function withNote(envelope, failed) {
+  const note = { field: "body", message: `the sources' headers were not checked (${failed.code}: ${failed.msg})` };
+  return { ...envelope, data: { ...envelope.data, warnings: [...((envelope.data || {}).warnings || []), note] } };
 }
 
 function update({ fromField = null } = {}) {
@@ -335,7 +380,7 @@ $("load_body").addEventListener("click", () => {
 });
 $("download").addEventListener("click", async () => {
   const response = await post("/preview/full", { body: cleanBody(), model: $("removeBg_model").value });
-  if (!(response.headers.get("content-type") || "").startsWith("image/")) { showMessages(await response.json()); return; }
+  if (!(response.headers.get("content-type") || "").startsWith("image/")) { showFailure(await response.json()); return; }
   const a = document.createElement("a");
   a.href = URL.createObjectURL(await response.blob());
   a.download = "composite.png";
