@@ -23,14 +23,16 @@ import asyncio
 import concurrent.futures
 import functools
 import ipaddress
+import re
 import socket
 import zlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+T = TypeVar("T")
 _REDIRECTS = (301, 302, 303, 307, 308)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # Name look-ups block a thread. Not the event loop's default executor: asyncio.run
@@ -69,6 +71,7 @@ class _Route:
 class Download:
     data: bytes
     private: bool = False  # a hop (redirects included) went to a loopback, private or link-local address
+    complete: bool = True  # False: `data` is only the first bytes of the body (`fetch`'s `prefix`)
 
 
 class TooLarge(OutboundError):
@@ -174,7 +177,11 @@ async def _send(
     raise OutboundError(f"could not be fetched: more than {policy.max_redirects} redirects")
 
 
-async def _read_capped(response: httpx.Response, policy: OutboundPolicy) -> bytes:
+async def _read_capped(response: httpx.Response, policy: OutboundPolicy, prefix: int | None) -> tuple[bytes, int, bool]:
+    """The body, decoded, under the cap; with a `prefix`, reading stops once
+    more than that many decoded bytes are in (the caller then closes the
+    connection mid-body) and the first `prefix` come back. Also the count of
+    raw bytes received, and whether the body ended (False: cut short)."""
     encodings = [
         name
         for name in (part.strip().lower() for part in response.headers.get("content-encoding", "").split(","))
@@ -185,27 +192,34 @@ async def _read_capped(response: httpx.Response, policy: OutboundPolicy) -> byte
     if encodings and encodings[0] not in _DECODERS:
         raise OutboundError(f"could not be fetched: unsupported content encoding {encodings[0]!r}")
     decoder = zlib.decompressobj(_DECODERS[encodings[0]]) if encodings else None
+    enough = policy.max_bytes if prefix is None else min(prefix, policy.max_bytes)
     parts: list[bytes] = []
     size = received = 0
     async for chunk in response.aiter_raw():
         received += len(chunk)
         if received > policy.max_bytes:
             raise TooLarge(policy.max_bytes)
-        while chunk:
+        while chunk and size <= enough:
             if decoder is None:
                 piece, chunk = chunk, b""
             else:
-                # max_length: never more than one byte past the cap comes out at once.
+                # max_length: never more than one byte past what is wanted comes out at once.
                 try:
-                    piece = decoder.decompress(chunk, policy.max_bytes - size + 1)
+                    piece = decoder.decompress(chunk, enough - size + 1)
                 except zlib.error:
                     raise OutboundError("could not be fetched: its compressed body is corrupt") from None
                 chunk = decoder.unconsumed_tail
             size += len(piece)
-            if size > policy.max_bytes:
-                raise TooLarge(policy.max_bytes)
             parts.append(piece)
-    return b"".join(parts)
+        if size > enough:
+            if prefix is None or prefix >= policy.max_bytes:
+                raise TooLarge(policy.max_bytes)
+            return b"".join(parts)[:prefix], received, False
+    return b"".join(parts), received, True
+
+
+# A 206's Content-Range for a range that starts at the first byte: its last byte and the whole length.
+_CONTENT_RANGE = re.compile(r"bytes\s+0-(\d+)/(\d+|\*)\s*$")
 
 
 def new_client() -> httpx.AsyncClient:
@@ -214,20 +228,39 @@ def new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=None, trust_env=False, follow_redirects=False)
 
 
-async def _get(url: str, policy: OutboundPolicy, route: _Route) -> bytes:
+async def _get(url: str, policy: OutboundPolicy, route: _Route, prefix: int | None = None) -> Download | None:
+    """A GET's body; with a `prefix`, its first bytes only: `Range: bytes=0-N`
+    is asked for, and a 206 or a 200 read no further than needed. None where
+    the server has no such range to give (416, or a range that does not start
+    at 0): the caller then asks for the whole body."""
+    headers = {"accept-encoding": "gzip, deflate"}
+    if prefix is not None:
+        headers["range"] = f"bytes=0-{prefix - 1}"
     async with new_client() as client:
-        response = await _send(
-            client, "GET", url, policy, follow=True, route=route, headers={"accept-encoding": "gzip, deflate"}
-        )
+        response = await _send(client, "GET", url, policy, follow=True, route=route, headers=headers)
         try:
-            if response.status_code != 200:
-                raise OutboundError(f"could not be fetched: HTTP {response.status_code}")
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > policy.max_bytes and "content-encoding" not in response.headers:
+            status = response.status_code
+            total: int | None = None  # of the (encoded) body, where the answer says
+            if prefix is not None and status == 206:
+                match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+                if match is None:
+                    return None
+                total = int(match.group(2)) if match.group(2) != "*" else None
+            elif prefix is not None and status == 416:
+                return None
+            elif status != 200:
+                raise OutboundError(f"could not be fetched: HTTP {status}")
+            else:
+                declared = response.headers.get("content-length", "")
+                total = int(declared) if declared.isdigit() else None
+            if total is not None and total > policy.max_bytes and "content-encoding" not in response.headers:
                 raise TooLarge(policy.max_bytes)
-            return await _read_capped(response, policy)
+            data, received, ended = await _read_capped(response, policy, prefix)
+            # A 206 that ended holds all of the body only if its range covered the whole length.
+            whole = ended and (status == 200 or (total is not None and received >= total))
+            return Download(data, route.private, whole)
         finally:
-            await response.aclose()
+            await response.aclose()  # mid-body after a prefix: httpx drops the connection
 
 
 def get_bytes(url: str, policy: OutboundPolicy) -> bytes:
@@ -235,17 +268,23 @@ def get_bytes(url: str, policy: OutboundPolicy) -> bytes:
     return fetch(url, policy).data
 
 
-def fetch(url: str, policy: OutboundPolicy) -> Download:
+def fetch(url: str, policy: OutboundPolicy, prefix: int | None = None) -> Download:
     """`get_bytes`, saying too whether the answer (or, in the OutboundError,
-    the failure) came from a loopback, private or link-local address."""
+    the failure) came from a loopback, private or link-local address. With a
+    `prefix`, only the body's first `prefix` bytes are fetched where the
+    server allows (`Download.complete` says whether they are all of it)."""
     route = _Route()
 
-    async def bounded() -> bytes:
+    async def bounded() -> Download:
         async with asyncio.timeout(policy.deadline_s):
-            return await _get(url, policy, route)
+            found = await _get(url, policy, route, prefix)
+            if found is None:  # no range from the start: the whole body, within the same deadline
+                found = await _get(url, policy, route)
+            assert found is not None
+            return found
 
     try:
-        return Download(_run_to_end(bounded), route.private)
+        return _run_to_end(bounded)
     except OutboundError as exc:
         exc.private = exc.private or route.private
         raise
@@ -253,7 +292,7 @@ def fetch(url: str, policy: OutboundPolicy) -> Download:
         raise Unreachable(policy.failure, private=route.private) from None
 
 
-def _run_to_end(make: Callable[[], Coroutine[Any, Any, bytes]]) -> bytes:
+def _run_to_end(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine to its end from synchronous code, also when the caller's
     thread already runs an event loop (an async app calling `render`, a
     notebook), where asyncio.run refuses: then on a thread of its own."""

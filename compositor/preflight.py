@@ -32,31 +32,42 @@ error, including warnings that `--strict` made errors) wins, as the API
 refuses a body's parameters before it looks at its images. The transparency
 warning is left out when a source could not be read (its coverage is unknown).
 
-Not yet: an http(s) source is downloaded whole (a range request or a streamed
-prefix would do); an eXIf chunk that a PNG stores after its pixels is not
-seen (reading it would decode them; Pillow writes it before them).
+Only a source's first bytes are read (`sources.read_prefix`): 64 KiB, then
+twice as many each time Pillow cannot make out the header from them (a JPEG
+whose EXIF or ICC blocks come before its frame header, a PNG with big chunks
+before its pixels), up to the byte limit, which reads the whole source. An
+http(s) source is asked for that range, and its answer (206, or a 200 that
+ignores the range) is read no further: the connection is then closed. Only
+a whole source is ever judged not to be an image; a prefix that Pillow cannot
+read is only a reason to read more. A 9000x9000 source is judged in a few
+MB beyond the interpreter's own.
+
+Not yet: a WebP is read whole (Pillow's WebP reader wants all of it; the
+RIFF header's size says how much that is); an eXIf chunk that a PNG stores
+after its pixels is not seen (reading it would decode them; Pillow writes it
+before them); a source whose length is not announced (an http answer sent in
+chunks) is held to the byte limit only when the header needs all of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import itertools
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from compositor.codes import ApiCode
 from compositor.errors import CompositorError, SourceError
 from compositor.geometry import Rect, Size, clip_to_canvas
 from compositor.layout import CompositeRequest, Layer
 from compositor.report import Problem, ValidationReport
-from compositor.sources import _DECODE_FAILURES, DECODABLE_FORMATS, SourcePolicy, _read, _reason
+from compositor.sources import DECODE_FAILURES, IncompleteSource, SourcePolicy, open_image, read_prefix
 
 _EXIF_ORIENTATION = 0x0112
 _EPSILON = 1e-9  # 510/500 is 1.02 in exact arithmetic, not above it
+_FIRST_PREFIX = 64 * 1024  # bytes: most headers are in far fewer
 
 
 @dataclass(frozen=True)
@@ -86,45 +97,43 @@ class SourceHeader:
 
 def read_header(ref: str, field: str, policy: SourcePolicy) -> SourceHeader:
     """The header of one source, read as render reads it (same policy, maps
-    and limits); `SourceError` when it cannot be had. The whole file is read
-    (an http source is downloaded whole) but its pixels are never decoded."""
-    data, hidden = _read(ref, field, policy)
-    try:
-        return _parse_header(data, field, policy.max_pixels)
-    except CompositorError:  # as render: from a private address that does not tell, one reason
-        if hidden:
-            raise SourceError(field, policy.unreachable) from None
-        raise
-
-
-def _parse_header(data: bytes, field: str, max_pixels: int) -> SourceHeader:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    and limits); `SourceError` when it cannot be had. Only as much of the
+    source is read as its header needs (see the module's docstring), and
+    its pixels are never decoded."""
+    size = _FIRST_PREFIX
+    while True:
+        data, complete, hidden = read_prefix(ref, field, policy, size)
         try:
-            image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)  # lazy: the header only
-        except UnidentifiedImageError:
-            raise SourceError(field, "is not an image in a supported format (PNG, JPEG, WebP, GIF)") from None
-        except Image.DecompressionBombError as exc:
-            raise SourceError(field, f"is a decompression bomb: {exc}") from None
-        except _DECODE_FAILURES as exc:
-            raise SourceError(field, f"could not be decoded: {_reason(exc)}") from None
-        with image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise SourceError(
-                    field, f"is a decompression bomb: {width}x{height} exceeds the limit of {max_pixels} pixels"
-                )
-            try:
-                orientation = _orientation(image)
-            except _DECODE_FAILURES:  # a damaged EXIF block: render would not turn it either
-                orientation = None
-            if orientation in (5, 6, 7, 8):
-                width, height = height, width
-            mode = image.mode
-            has_alpha = mode in ("RGBA", "LA", "La", "PA", "RGBa") or (
-                mode in ("P", "L", "RGB") and "transparency" in image.info
-            )
-            return SourceHeader(image.format or "?", width, height, has_alpha, mode)
+            return _parse_header(data, field, policy.max_pixels, complete)
+        except IncompleteSource:
+            size = max(size * 2, _riff_size(data))
+        except CompositorError:  # as render: from a private address that does not tell, one reason
+            if hidden:
+                raise SourceError(field, policy.unreachable) from None
+            raise
+
+
+def _riff_size(data: bytes) -> int:
+    """A WebP's whole length (Pillow reads a WebP's header from all of it), else 0."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return 8 + int.from_bytes(data[4:8], "little")
+    return 0
+
+
+def _parse_header(data: bytes, field: str, max_pixels: int, complete: bool = True) -> SourceHeader:
+    with open_image(data, field, max_pixels=max_pixels, complete=complete) as image:
+        width, height = image.size
+        try:
+            orientation = _orientation(image)
+        except DECODE_FAILURES:  # a damaged EXIF block: render would not turn it either
+            orientation = None
+        if orientation in (5, 6, 7, 8):
+            width, height = height, width
+        mode = image.mode
+        has_alpha = mode in ("RGBA", "LA", "La", "PA", "RGBa") or (
+            mode in ("P", "L", "RGB") and "transparency" in image.info
+        )
+        return SourceHeader(image.format or "?", width, height, has_alpha, mode)
 
 
 def _orientation(image: Image.Image) -> Any:

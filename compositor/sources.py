@@ -3,6 +3,10 @@
 A source is an http(s) URL, a `file://` URL, a `data:` URI or a local path.
 Decoding normalises every Pillow mode to RGB (opaque) or RGBA, applies the
 EXIF orientation and refuses decompression bombs before any pixel is decoded.
+
+`read_prefix` reads only a source's first bytes, under the same policy as
+`read_source` (pre-flight reads headers that way), and `open_image` opens
+bytes lazily, the header only, with the errors render gives.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import numpy as np
@@ -29,6 +34,9 @@ from compositor.references import DATA_HEADER as _DATA_HEADER
 from compositor.references import SCHEME as _SCHEME
 from compositor.references import check_source_reference
 from compositor.sourcemap import SourceMap
+
+if TYPE_CHECKING:
+    pass
 
 DECODABLE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")  # JPEG covers MPO (camera JPEGs)
 
@@ -66,33 +74,62 @@ class SourcePolicy:
         return f"could not be fetched (the connection failed, or no whole answer came within {self.deadline_s:g} s)"
 
 
+class SourcePrefix(NamedTuple):
+    """A source's first bytes (`read_prefix`)."""
+
+    data: bytes
+    complete: bool  # `data` is the whole source
+    hidden: bool  # a failure over it must be `policy.unreachable` (a private address that does not tell)
+
+
+class IncompleteSource(Exception):
+    """`open_image` could not tell what a prefix is: more of the source is needed."""
+
+
 def read_source(ref: str, field: str, policy: SourcePolicy) -> bytes:
     """The raw bytes of a source, within the policy's limits."""
-    return _read(ref, field, policy)[0]
+    return _read(ref, field, policy).data
 
 
-def _read(ref: str, field: str, policy: SourcePolicy) -> tuple[bytes, bool]:
-    """`read_source`, and whether what it read must fail without saying why
-    (it came from a private address, under a policy that does not tell)."""
+def read_prefix(ref: str, field: str, policy: SourcePolicy, size: int) -> SourcePrefix:
+    """At most the first `size` bytes of a source, read under the same policy
+    as `read_source` (maps, roots, the byte limit, http's address rules and
+    deadline), saying whether they are all of it. A source over the byte
+    limit fails here too where its size is known before reading it all (a
+    local file; an http answer that announces its length); a `data:` URI is
+    decoded whole (it is in memory already). An http(s) source is asked for
+    a range, and its answer, 206 or 200, is read no further than `size`: the
+    connection is then closed. From `size` = the byte limit on, it is
+    `read_source` (the whole source, or the limit's error)."""
+    return _read(ref, field, policy, max(size, 1))
+
+
+def _read(ref: str, field: str, policy: SourcePolicy, size: int | None = None) -> SourcePrefix:
+    """The first `size` bytes (None: all) of a source (see `read_prefix`)."""
+    if size is not None and size >= policy.max_bytes:
+        size = None
     if policy.source_map is not None:
         mapped = policy.source_map.resolve(ref, field)
         if mapped is not None:  # the map's own choice of file: no roots apply
-            return _read_file(mapped, field, replace(policy, file_roots=None, base_dir=None)), False
+            return _read_file(mapped, field, replace(policy, file_roots=None, base_dir=None), size)
     problem = check_source_reference(ref)
     if problem is not None:
         raise SourceError(field, problem)
     if ref.startswith("data:"):
-        return _read_data_uri(ref, field, policy), False
+        data = _read_data_uri(ref, field, policy)
+        if size is None or len(data) <= size:
+            return SourcePrefix(data, True, False)
+        return SourcePrefix(data[:size], False, False)
     scheme = _SCHEME.match(ref)
     name = scheme.group(1).lower() if scheme and len(scheme.group(1)) > 1 else None
     if name in ("http", "https"):
-        return _read_http(ref, field, policy)
+        return _read_http(ref, field, policy, size)
     path = Path(unquote(urlsplit(ref).path)) if name == "file" else Path(ref)
-    return _read_file(path, field, policy), False
+    return _read_file(path, field, policy, size)
 
 
 def load_image(ref: str, field: str, policy: SourcePolicy, budget: MemoryBudget | None = None) -> Image.Image:
-    data, hidden = _read(ref, field, policy)
+    data, _, hidden = _read(ref, field, policy)
     try:
         return decode_image(data, field, max_pixels=policy.max_pixels, budget=budget)
     except CompositorError:  # not an image, a bomb, over the budget: from a private address, all one reason
@@ -101,26 +138,41 @@ def load_image(ref: str, field: str, policy: SourcePolicy, budget: MemoryBudget 
         raise
 
 
-def decode_image(data: bytes, field: str, *, max_pixels: int, budget: MemoryBudget | None = None) -> Image.Image:
-    """Decode to an oriented RGB or RGBA image (the first frame of an animation)."""
+def open_image(data: bytes, field: str, *, max_pixels: int, complete: bool = True) -> Image.Image:
+    """`data` opened lazily: its header read, no pixel decoded. `SourceError`
+    for what is not an image, is damaged or is over `max_pixels`. When
+    `data` is only a prefix of the source (`complete` False), what Pillow
+    cannot make out of it is `IncompleteSource`, never a judgment: only the
+    whole source may be found unreadable (a bomb is one from its header)."""
     with warnings.catch_warnings():
         # Our own pixel limit below replaces Pillow's global one.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
-        except UnidentifiedImageError:
-            raise SourceError(field, "is not an image in a supported format (PNG, JPEG, WebP, GIF)") from None
         except Image.DecompressionBombError as exc:
             raise SourceError(field, f"is a decompression bomb: {exc}") from None
-        except _DECODE_FAILURES as exc:  # a damaged header (or a text chunk bomb) is a bad source
+        except UnidentifiedImageError:
+            if not complete:
+                raise IncompleteSource(field) from None
+            raise SourceError(field, "is not an image in a supported format (PNG, JPEG, WebP, GIF)") from None
+        except DECODE_FAILURES as exc:  # a damaged header (or a text chunk bomb) is a bad source
+            if not complete:
+                raise IncompleteSource(field) from None
             raise SourceError(field, f"could not be decoded: {_reason(exc)}") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise SourceError(
-                field, f"is a decompression bomb: {width}x{height} exceeds the limit of {max_pixels} pixels"
-            )
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise SourceError(field, f"is a decompression bomb: {width}x{height} exceeds the limit of {max_pixels} pixels")
+    return image
+
+
+def decode_image(data: bytes, field: str, *, max_pixels: int, budget: MemoryBudget | None = None) -> Image.Image:
+    """Decode to an oriented RGB or RGBA image (the first frame of an animation)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = open_image(data, field, max_pixels=max_pixels)
         if budget is not None:
-            budget.reserve(len(data) + decoded_bytes(width, height, image.mode), field)
+            budget.reserve(len(data) + decoded_bytes(image.width, image.height, image.mode), field)
         try:
             image.seek(0)
             image.load()
@@ -128,13 +180,13 @@ def decode_image(data: bytes, field: str, *, max_pixels: int, budget: MemoryBudg
             # still return a copy (20 ms for a 2400x2672 photo here).
             ImageOps.exif_transpose(image, in_place=True)
             return to_layer_mode(image)
-        except _DECODE_FAILURES as exc:
+        except DECODE_FAILURES as exc:
             raise SourceError(field, f"could not be decoded: {_reason(exc)}") from None
 
 
 # What Pillow's decoders raise for damaged input. MemoryError is not here:
 # that is the machine's problem, not the source's.
-_DECODE_FAILURES = (
+DECODE_FAILURES: tuple[type[BaseException], ...] = (
     OSError,
     ValueError,
     SyntaxError,
@@ -201,11 +253,11 @@ def _read_data_uri(ref: str, field: str, policy: SourcePolicy) -> bytes:
     return data
 
 
-def _read_file(path: Path, field: str, policy: SourcePolicy) -> bytes:
-    """A regular file's bytes, at most `max_bytes` of them. The size is
-    counted while reading (a device says 0), and nothing that could block
-    (a FIFO) or never end (/dev/zero) is read. Messages name no path: a
-    server's layout is nobody else's business."""
+def _read_file(path: Path, field: str, policy: SourcePolicy, size: int | None = None) -> SourcePrefix:
+    """A regular file's bytes, at most `max_bytes` of them (or its first
+    `size`). The size is counted while reading (a device says 0), and
+    nothing that could block (a FIFO) or never end (/dev/zero) is read.
+    Messages name no path: a server's layout is nobody else's business."""
     if not path.is_absolute() and policy.base_dir is not None:
         path = policy.base_dir / path
     try:
@@ -230,20 +282,25 @@ def _read_file(path: Path, field: str, policy: SourcePolicy) -> bytes:
         raise SourceError(field, "names something that is not a regular file (a device or a FIFO)")
     with os.fdopen(descriptor, "rb") as file:
         try:
-            data = file.read(policy.max_bytes + 1)
+            if size is not None and os.fstat(file.fileno()).st_size > policy.max_bytes:
+                raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
+            data = file.read((policy.max_bytes if size is None else size) + 1)
         except OSError:
             raise SourceError(field, "names a local file that cannot be read") from None
+    if size is not None:
+        return SourcePrefix(data[:size], len(data) <= size, False)
     if len(data) > policy.max_bytes:
         raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
-    return data
+    return SourcePrefix(data, True, False)
 
 
-def _read_http(url: str, field: str, policy: SourcePolicy) -> tuple[bytes, bool]:
-    """The body, and whether it must fail without saying why (see `_read`).
-    A failure after any hop to a private address is `policy.unreachable`,
-    whatever the cause, where the policy does not tell: else a 404, a reset
-    and a closed port would map a server's own network. A private address
-    refused before any connection keeps its own reason."""
+def _read_http(url: str, field: str, policy: SourcePolicy, size: int | None = None) -> SourcePrefix:
+    """The body (or its first `size` bytes), and whether it must fail
+    without saying why (see `SourcePrefix.hidden`). A failure after any hop
+    to a private address is `policy.unreachable`, whatever the cause, where
+    the policy does not tell: else a 404, a reset and a closed port would map
+    a server's own network. A private address refused before any connection
+    keeps its own reason."""
     if not policy.allow_http:
         raise SourceError(field, "is an http(s) URL, which this service does not fetch")
     # Local files must not pay for httpx.
@@ -256,12 +313,12 @@ def _read_http(url: str, field: str, policy: SourcePolicy) -> tuple[bytes, bool]
         local_only=policy.local_only,
     )
     try:
-        download = fetch(url, network)
+        download = fetch(url, network, prefix=size)
     except OutboundError as exc:
         # A refused destination is the URL's own fault, unless a private address redirected there.
         hidden = isinstance(exc, Unreachable) or (exc.private and not policy.tells_private_causes)
         raise SourceError(field, policy.unreachable if hidden else exc.reason) from None
-    return download.data, download.private and not policy.tells_private_causes
+    return SourcePrefix(download.data, download.complete, download.private and not policy.tells_private_causes)
 
 
 def sniff_type(data: bytes) -> str:
