@@ -55,6 +55,9 @@ class Job:
     # `not_before_ms`, so the jobs behind it run; `setbacks` counts those waits.
     not_before_ms: int = 0
     setbacks: int = 0
+    # What the answers warn about, as {field, message}: the body's own warnings and pre-flight's from the
+    # sources read at accept, then those the worker adds from the sources it downloads (see service.py).
+    warnings: list[dict[str, str]] = field(default_factory=list)
     # What of the stored record could not be read back (a version before the text rule, a damaged row): the
     # job can still be polled and listed, and fails when it is claimed.
     damaged: str | None = None
@@ -99,6 +102,8 @@ class Job:
             record["external_img"] = "" if self.expired else self.image_url
             if self.expired:
                 record["expired"] = True
+        if self.warnings:  # an addition of ours, absent when there are none: upstream clients ignore it
+            record["warnings"] = [dict(warning) for warning in self.warnings]
         return record
 
 
@@ -123,7 +128,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     polls INTEGER NOT NULL DEFAULT 0,
     release_polls INTEGER NOT NULL DEFAULT 0,
     not_before_ms INTEGER NOT NULL DEFAULT 0,
-    setbacks INTEGER NOT NULL DEFAULT 0
+    setbacks INTEGER NOT NULL DEFAULT 0,
+    warnings TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, create_time);
 CREATE TABLE IF NOT EXISTS credits (client_id TEXT PRIMARY KEY, used INTEGER NOT NULL);
@@ -160,9 +166,10 @@ class JobStore:
         body: dict[str, Any],
         policy: JobPolicy | None = None,
         before_commit: Callable[[Job], None] | None = None,
+        warnings: list[dict[str, str]] | None = None,
     ) -> Job:
-        """Store a queued job, charging the client's credits in the same
-        transaction. `before_commit` runs inside that transaction, last: the
+        """Store a queued job (with the warnings its answer carries), charging
+        the client's credits in the same transaction. `before_commit` runs inside that transaction, last: the
         caller makes its answer there, so that a failure to make it (or
         anything before) leaves no job and no charge."""
         now = now_ms()
@@ -182,6 +189,7 @@ class JobStore:
             fail_reason=policy.fail,
             # Released by the poll after the held ones; a policy that holds nothing releases at once.
             release_polls=held + 1 if held else 0,
+            warnings=list(warnings or []),
         )
         with self._database.transaction() as db:
             if client.quota is not None:
@@ -194,11 +202,12 @@ class JobStore:
                     raise ApiError(ApiCode.QUOTA_NOT_ENOUGH, "quota is not enough")
             db.execute(
                 "INSERT INTO jobs (id, image_id, client_id, uid, body, status, create_time, updated_time,"
-                " queueing_polls, processing_polls, fail_reason, release_polls)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " queueing_polls, processing_polls, fail_reason, release_polls, warnings)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     *(job.id, job.image_id, job.client_id, job.uid, json.dumps(body), QUEUEING, now, now),
                     *(job.queueing_polls, job.processing_polls, job.fail_reason, job.release_polls),
+                    json.dumps(job.warnings),
                 ),
             )
             if before_commit is not None:
@@ -272,12 +281,17 @@ class JobStore:
                 if job_id is not None:
                     return None
 
-    def complete(self, job_id: str, result_path: str, image_url: str) -> bool:
-        """Whether the job was still processing (it may have been failed by hand, or forgotten by a reset)."""
-        return self._finish(job_id, COMPLETED, result_path=result_path, image_url=image_url) is not None
+    def complete(
+        self, job_id: str, result_path: str, image_url: str, warnings: list[dict[str, str]] | None = None
+    ) -> bool:
+        """Whether the job was still processing (it may have been failed by hand, or forgotten by a reset).
+        `warnings`, when given, replace the job's (the worker's added to those from accept), in the same
+        transaction: a poll that sees the job finished sees them."""
+        columns = {"result_path": result_path, "image_url": image_url, **_warnings_column(warnings)}
+        return self._finish(job_id, COMPLETED, **columns) is not None
 
-    def fail(self, job_id: str, reasons: list[str]) -> None:
-        self._finish(job_id, FAILED, error_reasons=json.dumps(reasons))
+    def fail(self, job_id: str, reasons: list[str], warnings: list[dict[str, str]] | None = None) -> None:
+        self._finish(job_id, FAILED, error_reasons=json.dumps(reasons), **_warnings_column(warnings))
 
     def fail_unfinished(self, job_id: str, reason: str) -> Job | None:
         """A queued or processing job ended with status 4 and `reason` (its
@@ -356,6 +370,10 @@ class JobStore:
         return [row["result_path"] for row in rows if row["result_path"]]
 
 
+def _warnings_column(warnings: list[dict[str, str]] | None) -> dict[str, str]:
+    return {} if warnings is None else {"warnings": json.dumps(warnings)}
+
+
 def _notify(db: sqlite3.Connection, job: Job, status: int) -> None:
     """The notice the job's change owes its webhook, if it has one (a job run again is no news: processing once)."""
     result_url = job.image_url if status == COMPLETED else None
@@ -386,6 +404,7 @@ def _job(row: sqlite3.Row) -> Job:
         release_polls=row["release_polls"],
         not_before_ms=row["not_before_ms"],
         setbacks=row["setbacks"],
+        warnings=_stored_warnings(row["warnings"]),
         damaged=damaged or damaged_reasons,
     )
 
@@ -401,8 +420,21 @@ def _stored_json(raw: str, kind: type, what: str) -> tuple[Any, str | None]:
     return value, None
 
 
+def _stored_warnings(raw: str) -> list[dict[str, str]]:
+    """A job's warnings read back: only well-formed {field, message} objects of valid text. A damaged list
+    costs the job its warnings, never the job (they are advice, not its record)."""
+    found, _ = _stored_json(raw, list, "its warnings")
+    return [
+        {"field": item["field"], "message": item["message"]}
+        for item in found
+        if isinstance(item, dict)
+        and all(isinstance(item.get(key), str) and text.is_valid_text(item[key]) for key in ("field", "message"))
+    ]
+
+
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Data dirs made before job policies existed get their columns (with defaults that hold nothing)."""
+    """Data dirs made before job policies (or stored warnings) existed get their columns (with defaults
+    that hold nothing)."""
     present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
     wanted = {
         "queueing_polls": "INTEGER NOT NULL DEFAULT 0",
@@ -412,6 +444,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         "release_polls": "INTEGER NOT NULL DEFAULT 0",
         "not_before_ms": "INTEGER NOT NULL DEFAULT 0",
         "setbacks": "INTEGER NOT NULL DEFAULT 0",
+        "warnings": "TEXT NOT NULL DEFAULT '[]'",
     }
     for name, declaration in wanted.items():
         if name not in present:

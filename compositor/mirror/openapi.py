@@ -110,7 +110,11 @@ def _schemas() -> dict[str, Any]:
             "warnings": {
                 "type": "array",
                 "items": _ref("Problem"),
-                "description": "the mirror's, on a submit's answer: fields ignored, layers off the canvas",
+                "description": "the mirror's, absent when there are none: the body's (fields ignored, layers"
+                " off the canvas) and pre-flight's from the sources' headers (a layer stretched, enlarged or cut"
+                " off, canvas left transparent, removeBg over alpha). The replace answer has those of the sources"
+                " read without the network (data: URIs, uploads, mapped URLs, local files); the job keeps them,"
+                " and a poll adds those of its http(s) sources once a worker has downloaded them to render",
             },
         },
     }

@@ -56,11 +56,9 @@ def envelope(code: int, msg: str, data: Any = None) -> JSONResponse:
 
 
 def _accepted(job: Job, warnings: list[dict[str, str]]) -> JSONResponse:
-    """The 1000 answer to a submit, encoded here: the back end calls this before it commits the job."""
-    record = job.to_api()
-    if warnings:  # an addition of ours: upstream clients ignore fields they do not know
-        record["warnings"] = warnings
-    return envelope(1000, "OK", record)
+    """The 1000 answer to a submit, encoded here: the back end calls this before it commits the job. The
+    record carries `warnings`, the same as given here: the job keeps them, so a poll answers them too."""
+    return envelope(1000, "OK", job.to_api())
 
 
 def create_app(mirror: Mirror) -> Dropper:

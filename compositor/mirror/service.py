@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
+from compositor.layout import CompositeRequest
 from compositor.mirror.accounts import Accounts, Client
 from compositor.mirror.api_error import ApiError
 from compositor.mirror.controls import Controls, Scenario
@@ -36,7 +37,7 @@ from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
 from compositor.mirror.worker import RenderOutcome, prepare_worker, render_png, render_to_file, store_png
 from compositor.outbound import OutboundPolicy
 from compositor.pool import WorkerDied, WorkerPool
-from compositor.preflight import PreflightThresholds
+from compositor.preflight import PreflightThresholds, preflight
 from compositor.request import Limits, validate
 from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
@@ -214,23 +215,48 @@ class Mirror:
         return self.accounts.authenticate(authorization, api_key)
 
     def submit(self, client: Client, body: object, answer: Callable[[Job, list[dict[str, str]]], T]) -> T:
-        """What `answer` makes of the stored job and the body's warnings (fields
-        ignored, layers off the canvas). It is made inside the transaction that
-        stores the job and charges its credits: if making it fails, or anything
-        before, there is neither job nor charge (no job without its answer)."""
+        """What `answer` makes of the stored job and its warnings: the body's
+        (fields ignored, layers off the canvas), then pre-flight's for the
+        sources read without the network (see `_preflight_at_accept`); the job
+        keeps them. The answer is made inside the transaction that stores the
+        job and charges its credits: if making it fails, or anything before,
+        there is neither job nor charge (no job without its answer)."""
         self.accounts.check_rate(client)
         report = validate(body, limits=self.settings.limits)
         if not report.ok:
             raise InvalidRequestError(report)
         assert isinstance(body, dict)
         warnings = [problem.as_dict() for problem in report.warnings]
+        if report.request is not None:
+            warnings += [found for found in self._preflight_at_accept(report.request) if found not in warnings]
         answers: list[T] = []
         job = self.store.create(
-            client, body, self.controls.policies.take(), lambda stored: answers.append(answer(stored, warnings))
+            client,
+            body,
+            self.controls.policies.take(),
+            lambda stored: answers.append(answer(stored, warnings)),
+            warnings=warnings,
         )
         _job_line(job, "queued")
         self._wake.set()
         return answers[0]
+
+    def _preflight_at_accept(self, request: CompositeRequest) -> list[dict[str, str]]:
+        """Pre-flight's warnings for the sources that need no network: data:
+        URIs, uploads and mapped URLs, local files under the file roots (a
+        read of a file, no pixel decoded). An http(s) source is not read here
+        (the answer never waits on another server): it is refused unread, like
+        any unreadable source its error is ignored (the job fails on the worker
+        with 1108, as it always has), and the worker warns about it. Nothing
+        here may fail a submit: anything unexpected is logged, and the answer
+        has fewer warnings."""
+        try:
+            offline = dataclasses.replace(self.sources, allow_http=False)
+            _, found = preflight(request, offline, self.settings.preflight)
+        except Exception:
+            log.exception("pre-flight at accept failed; the answer carries no warnings from the sources' headers")
+            return []
+        return [problem.as_dict() for problem in found]
 
     def info(self, client: Client, job_id: object) -> Job:
         self.accounts.check_rate(client)
@@ -348,13 +374,13 @@ class Mirror:
                 self._fail(job, job.fail_reason)
                 continue
             _job_line(job, "processing")
-            budget, model = self.settings.memory_budget, self.settings.model
+            budget, model, thresholds = self.settings.memory_budget, self.settings.model, self.settings.preflight
             try:
                 if self._remote:  # the cluster's workers share no storage with us: the PNG comes back
-                    future = self.pool.submit(render_png, job.body, self.sources, budget, model)
+                    future = self.pool.submit(render_png, job.body, self.sources, budget, model, thresholds)
                 else:
                     future = self.pool.submit(
-                        render_to_file, job.body, str(self._result_path(job)), self.sources, budget, model
+                        render_to_file, job.body, str(self._result_path(job)), self.sources, budget, model, thresholds
                     )
             except ExecutorUnavailable as exc:  # nobody's fault: the job waits, and so do new ones
                 self._wait_for_executor(job, exc)
@@ -379,7 +405,8 @@ class Mirror:
         try:
             budget = self.settings.memory_budget
             result = str(self._result_path(job))
-            done.set_result(render_to_file(job.body, result, self.sources, budget, self.settings.model))
+            model, thresholds = self.settings.model, self.settings.preflight
+            done.set_result(render_to_file(job.body, result, self.sources, budget, model, thresholds))
         except Exception as exc:
             done.set_exception(exc)
         self._store_outcome(job, done)
@@ -433,17 +460,22 @@ class Mirror:
             self._fail(job, "the render failed unexpectedly")
             return
         if outcome.png is not None:
-            outcome = store_png(outcome.png, str(self._result_path(job)))
-        if outcome.transient:
+            stored = store_png(outcome.png, str(self._result_path(job)))
+            outcome = dataclasses.replace(stored, warnings=outcome.warnings)
+        # The worker's warnings (its http(s) sources) after those from accept, each once; None: nothing new.
+        added = [found for found in outcome.warnings if found not in job.warnings]
+        warnings = [*job.warnings, *added] if added else None
+        if outcome.transient:  # it runs again, and warns again
             self._set_aside(job, outcome.failure or "the result could not be stored")
         elif outcome.failure is None:
             result = self._result_path(job)
-            if self.store.complete(job.id, str(result), f"{self.settings.public_base_url}/results/{result.name}"):
+            url = f"{self.settings.public_base_url}/results/{result.name}"
+            if self.store.complete(job.id, str(result), url, warnings):
                 _job_line(job, "completed")
             else:  # failed by hand, or forgotten by a reset, while it rendered
                 result.unlink(missing_ok=True)
         else:
-            self._fail(job, outcome.failure)
+            self._fail(job, outcome.failure, warnings)
 
     def _wait_for_executor(self, job: Job, exc: Exception) -> None:
         """The workers are gone (a cluster away): the job goes back to the queue uncharged, and claiming pauses."""
@@ -467,8 +499,8 @@ class Mirror:
         self.store.set_aside(job.id, now_ms() + int(delay * 1000))
         _job_line(job, "requeued", reason)
 
-    def _fail(self, job: Job, reason: str) -> None:
-        self.store.fail(job.id, [reason])
+    def _fail(self, job: Job, reason: str, warnings: list[dict[str, str]] | None = None) -> None:
+        self.store.fail(job.id, [reason], warnings)
         _job_line(job, "failed", reason)
 
     def _result_path(self, job: Job) -> Path:

@@ -1,16 +1,30 @@
 """What the mirror's worker processes run: job renders, page previews and
 upload checks. Every decode happens here, never in the server process, so a
 heavy or hostile image costs a worker (under its memory budget), not the
-server. Only plain data crosses the process boundary."""
+server. Only plain data crosses the process boundary.
+
+A job's http(s) sources (those no source map resolves) are downloaded here,
+once, before the render: pre-flight reads their headers for the job's
+warnings (the server reads only the sources that need no network, when it
+accepts the job), and the render reads the same bytes from a temporary file."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
-from dataclasses import dataclass
+import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compositor.sources import SourcePolicy
+
+if TYPE_CHECKING:
+    from compositor.preflight import PreflightThresholds
+
+log = logging.getLogger(__name__)
 
 # errnos that mean "no room for the result", which passes, unlike a bad job.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
@@ -24,6 +38,9 @@ class RenderOutcome:
     failure: str | None = None
     transient: bool = False
     png: bytes | None = None  # from a cluster's worker: the server writes it (no storage is shared)
+    # Pre-flight's warnings ({field, message}) for the job's http(s) sources, read here: the server adds
+    # the new ones to those its accept answer gave. Empty when the job has no such source.
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
 
 def prepare_worker() -> None:
@@ -33,38 +50,154 @@ def prepare_worker() -> None:
     prepare_render_process()
 
 
-def render_png(body: dict[str, Any], sources: SourcePolicy, budget: int | None, model: str = "u2netp") -> RenderOutcome:
+def render_png(
+    body: dict[str, Any],
+    sources: SourcePolicy,
+    budget: int | None,
+    model: str = "u2netp",
+    thresholds: PreflightThresholds | None = None,
+) -> RenderOutcome:
     """Render `body` to PNG bytes, returned (a cluster's worker: the server
     writes them). removeBg uses `model` (the server's setting: upstream's body
     has no field for it), loaded on this worker's first use and kept, from
     where the worker's environment says ($COMPOSITOR_MODEL_HOME, else the
-    checkout)."""
+    checkout). With `thresholds`, the job's http(s) sources are downloaded
+    first, once, and pre-flight's warnings for them come back with the outcome."""
     from compositor import CompositorError, RemovalOptions, RenderOptions
     from compositor.encode import encode
     from compositor.engine import render_array
+    from compositor.errors import SourceError
     from compositor.heap import prepare_render_process, release_free_heap
 
     prepare_render_process()  # a no-op after a pool's initializer; a Dask worker's first task needs it
-    options = RenderOptions(sources=sources, memory_budget=budget, removal=RemovalOptions(model=model))
+    with contextlib.ExitStack() as cleanup:
+        warnings: list[dict[str, str]] = []
+        hidden: set[str] = set()
+        if thresholds is not None:
+            try:
+                sources, hidden, warnings = _read_ahead(body, sources, thresholds, cleanup)
+            except SourceError as exc:  # the download the render would have made failed: the job fails alike
+                return RenderOutcome(str(exc))
+        options = RenderOptions(sources=sources, memory_budget=budget, removal=RemovalOptions(model=model))
+        try:
+            image = render_array(body, options=options)
+            release_free_heap()
+            data = encode(image)
+            del image
+        except CompositorError as exc:
+            # As the render reading it itself would say: a private source that fails tells nothing. Nor does a
+            # failed job's warnings, when a source was private: they would say what its address served.
+            failed = _hidden_field(exc, hidden)
+            reason = str(exc) if failed is None else str(SourceError(failed, sources.unreachable))
+            return RenderOutcome(reason, warnings=[] if hidden else warnings)
+        except MemoryError:
+            reason = f"the render ran out of memory (budget {_mb(budget)} per job)"
+            return RenderOutcome(reason, warnings=[] if hidden else warnings)
+    return RenderOutcome(png=data, warnings=warnings)
+
+
+def _read_ahead(
+    body: dict[str, Any], policy: SourcePolicy, thresholds: PreflightThresholds, cleanup: contextlib.ExitStack
+) -> tuple[SourcePolicy, set[str], list[dict[str, str]]]:
+    """The job's http(s) sources that no map resolves, downloaded once into a
+    temporary folder (removed by `cleanup`) and mapped there for the render;
+    pre-flight's warnings for the whole job, read from those files and the
+    other sources; and the fields whose source came from a private address
+    whose failures must not say why. Nothing to download: `policy` as it is and
+    no warnings (the server read every source at accept). `SourceError` when a
+    download fails (the render would fail alike). Pre-flight's own trouble
+    costs only the warnings: it never fails a job."""
+    from compositor.preflight import preflight
+    from compositor.request import parse_request
+    from compositor.sourcemap import SourceMap
+    from compositor.sources import read_prefix
+
     try:
-        image = render_array(body, options=options)
-        release_free_heap()
-        data = encode(image)
-        del image
-    except CompositorError as exc:
-        return RenderOutcome(str(exc))
-    except MemoryError:
-        return RenderOutcome(f"the render ran out of memory (budget {_mb(budget)} per job)")
-    return RenderOutcome(png=data)
+        request = parse_request(body)
+    except Exception:  # the render says what is wrong with the body
+        return policy, set(), []
+    network = [(name, layer.source) for name, layer in _layers(request) if _is_network(layer.source, name, policy)]
+    if not network:
+        return policy, set(), []
+    folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="compositor-sources-")))
+    mapped: dict[str, Path] = {}
+    private: set[str] = set()
+    kept_all = True
+    for index, (name, url) in enumerate(network):
+        if url in mapped:  # the template and the foreground may be one URL: downloaded once
+            continue
+        data, _, hides = read_prefix(url, name, policy, policy.max_bytes)  # the whole source, as the render reads it
+        path = folder / f"source-{index}"
+        try:
+            path.write_bytes(data)
+        except OSError:  # no room for it here: the render downloads it itself, and it has no warnings
+            log.warning("a source could not be kept for the render; it is downloaded again")
+            kept_all = False
+            continue
+        del data
+        mapped[url] = path
+        if hides:
+            private.add(url)
+    if not mapped:
+        return policy, set(), []
+    hidden = {name for name, url in network if url in private}
+    current = policy.source_map or SourceMap()
+    # Exact entries are looked up first, so these win over any prefix (none of them covers these URLs anyway).
+    ahead = SourceMap(tuple(mapped.items()) + current.exact, current.prefixes)
+    policy = dataclasses.replace(policy, source_map=ahead)
+    if not kept_all:  # pre-flight would download what was not kept: the render alone does
+        return policy, hidden, []
+    try:
+        _, found = preflight(request, policy, thresholds)
+    except Exception:
+        log.exception("pre-flight failed on the worker; the job's answer has no warnings for its http(s) sources")
+        return policy, hidden, []
+    return policy, hidden, [problem.as_dict() for problem in found]
+
+
+def _layers(request: Any) -> list[tuple[str, Any]]:
+    layers = [("template_url", request.template)] if request.template is not None else []
+    return [*layers, ("origin_img", request.foreground)]
+
+
+def _is_network(ref: str, field: str, policy: SourcePolicy) -> bool:
+    """Whether reading `ref` needs the network: an http(s) URL that no source map resolves."""
+    from compositor.errors import SourceError
+    from compositor.references import SCHEME, check_source_reference
+
+    scheme = SCHEME.match(ref)
+    if scheme is None or scheme.group(1).lower() not in ("http", "https") or check_source_reference(ref) is not None:
+        return False
+    if policy.source_map is not None:
+        try:
+            if policy.source_map.resolve(ref, field) is not None:
+                return False
+        except SourceError:  # the render says so
+            return False
+    return True
+
+
+def _hidden_field(exc: Exception, hidden: set[str]) -> str | None:
+    """The private source's field a render failure is about, if any: every failure of reading or decoding
+    it (a budget overrun included) names the field first, as the render's own read would have hidden it."""
+    text = str(exc)
+    return next((field for field in sorted(hidden) if text.startswith(f"{field}: ")), None)
 
 
 def render_to_file(
-    body: dict[str, Any], result_path: str, sources: SourcePolicy, budget: int | None, model: str = "u2netp"
+    body: dict[str, Any],
+    result_path: str,
+    sources: SourcePolicy,
+    budget: int | None,
+    model: str = "u2netp",
+    thresholds: PreflightThresholds | None = None,
 ) -> RenderOutcome:
     """Render `body` into `result_path` (atomically), on a local worker: the
     PNG never crosses a pipe."""
-    outcome = render_png(body, sources, budget, model)
-    return outcome if outcome.png is None else store_png(outcome.png, result_path)
+    outcome = render_png(body, sources, budget, model, thresholds)
+    if outcome.png is None:
+        return outcome
+    return dataclasses.replace(store_png(outcome.png, result_path), warnings=outcome.warnings)
 
 
 def store_png(data: bytes, result_path: str) -> RenderOutcome:
