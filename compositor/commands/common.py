@@ -70,6 +70,29 @@ def limits_of(args: argparse.Namespace) -> Any:
     )
 
 
+def add_storage_options_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="a JSON object of options for object storage (s3fs's: endpoint_url, profile, client_kwargs, ...);"
+        " credentials come from the standard places (AWS_* variables, profiles), never from here",
+    )
+
+
+def storage_options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """--storage-options as a dict ({} without it); ValueError saying what is wrong with it."""
+    text = getattr(args, "storage_options", None)
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--storage-options is not JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError("--storage-options must be a JSON object")
+    return options
+
+
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     from compositor.mirror.settings import BY_KEY, THRESHOLDS
 
