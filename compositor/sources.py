@@ -1,6 +1,7 @@
 """Fetching and decoding the images a request names.
 
-A source is an http(s) URL, a `file://` URL, a `data:` URI or a local path.
+A source is an http(s) URL, an `s3://` URL (where the policy reads object
+storage), a `file://` URL, a `data:` URI or a local path.
 Decoding normalises every Pillow mode to RGB (opaque) or RGBA, applies the
 EXIF orientation and refuses decompression bombs before any pixel is decoded.
 
@@ -20,9 +21,11 @@ import stat
 import struct
 import warnings
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from dataclasses import field as _field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 import numpy as np
@@ -63,6 +66,11 @@ class SourcePolicy:
     # `file_roots` is None (the user's own machine); a server's callers must not
     # learn which ports of its network answer, and with what.
     private_causes: bool | None = None
+    # s3:// sources, read through `compositor.storage` with the credentials of whoever runs this (AWS_* variables,
+    # profiles, a role): off unless asked for (render, validate and batch ask; the mirror only where its
+    # allow_object_storage setting says), since a body would otherwise read its operator's buckets.
+    object_storage: bool = False
+    storage_options: Mapping[str, Any] = _field(default_factory=dict)  # s3fs's (endpoint_url, ...), never keys
 
     @property
     def tells_private_causes(self) -> bool:
@@ -124,6 +132,8 @@ def _read(ref: str, field: str, policy: SourcePolicy, size: int | None = None) -
     name = scheme.group(1).lower() if scheme and len(scheme.group(1)) > 1 else None
     if name in ("http", "https"):
         return _read_http(ref, field, policy, size)
+    if name == "s3":
+        return _read_object(ref, field, policy, size)
     path = Path(unquote(urlsplit(ref).path)) if name == "file" else Path(ref)
     return _read_file(path, field, policy, size)
 
@@ -319,6 +329,28 @@ def _read_http(url: str, field: str, policy: SourcePolicy, size: int | None = No
         hidden = isinstance(exc, Unreachable) or (exc.private and not policy.tells_private_causes)
         raise SourceError(field, policy.unreachable if hidden else exc.reason) from None
     return SourcePrefix(download.data, download.complete, download.private and not policy.tells_private_causes)
+
+
+def _read_object(url: str, field: str, policy: SourcePolicy, size: int | None = None) -> SourcePrefix:
+    """An s3:// object's bytes (or its first `size`): its size asked first (a
+    HEAD), so that one over the byte limit is refused unread, then one GET of
+    the range wanted. A failure is one line naming the URL (`StorageError`),
+    never a credential."""
+    if not policy.object_storage:
+        raise SourceError(field, "is an s3:// URL, which this service does not read (object storage is off)")
+    # Only an s3:// source pays for fsspec and s3fs.
+    from compositor.storage import StorageError, open_location
+
+    folder, _, name = url.rpartition("/")  # references.check_source_reference: a bucket, and a key of whole parts
+    try:
+        place = open_location(folder, policy.storage_options)
+        total = place.size_of(name)
+        if total > policy.max_bytes:
+            raise SourceError(field, f"is larger than the limit of {policy.max_bytes} bytes")
+        data = place.read_prefix(name, total if size is None else min(size, total))
+    except StorageError as exc:
+        raise SourceError(field, str(exc)) from None
+    return SourcePrefix(data, size is None or total <= size, False)
 
 
 def sniff_type(data: bytes) -> str:

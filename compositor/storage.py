@@ -6,7 +6,8 @@ object storage (`s3://bucket/prefix`), behind one small interface
   store yet; `check_writable()` proves up front that the place can be
   written (a small probe written, then deleted), so a batch refuses before
   any render.
-- `read_bytes`, `exists`, `list(pattern)` (`*.json`, `*.png`: the names right
+- `read_bytes`, `size_of`, `read_prefix(name, size)` (the first bytes only:
+  a ranged GET), `exists`, `list(pattern)` (`*.json`, `*.png`: the names right
   under the place, sorted), `url_of(name)`.
 - `write_bytes_atomic(name, data)`: a result appears whole or not at all.
   Locally: a temporary name in the same folder, then `os.replace` (as
@@ -36,7 +37,9 @@ so far.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import io
 import os
 import secrets
 import tempfile
@@ -51,6 +54,7 @@ __all__ = ["Location", "ReportWriter", "StorageError", "open_location"]
 
 S3_SCHEMES = ("s3", "s3a")
 SINGLE_PUT_LIMIT = 5 * 1024**3  # S3's largest single PUT
+READ_BLOCK = 8 * 1024 * 1024  # an object read as a stream is fetched this much at a time
 PROBE_PREFIX = ".compositor-probe-"
 # Secrets in a command line show in `ps` and in shell history: they come from the standard places only.
 SECRET_OPTIONS = ("key", "secret", "token", "password", "username", "aws_access_key_id", "aws_secret_access_key")
@@ -119,6 +123,18 @@ class Location(ABC):
     @abstractmethod
     def read_bytes(self, name: str) -> bytes: ...
 
+    def size_of(self, name: str) -> int:
+        """The bytes `name` holds, asked before reading it (a HEAD in object storage)."""
+        return len(self.read_bytes(name))
+
+    def read_prefix(self, name: str, size: int) -> bytes:
+        """At most the first `size` bytes of `name` (a ranged GET in object storage)."""
+        return self.read_bytes(name)[: max(size, 0)]
+
+    @abstractmethod
+    def open_read(self, name: str) -> IO[bytes]:
+        """`name` as a binary stream, read a block at a time; a failed read raises StorageError."""
+
     @abstractmethod
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         """Write `name`: it appears whole, or not at all (an old one stays whole)."""
@@ -167,6 +183,15 @@ class LocalLocation(Location):
         path = self._path(name)
         try:
             return path.read_bytes()
+        except FileNotFoundError:
+            raise StorageError("read", str(path), "not found") from None
+        except OSError as exc:
+            raise StorageError("read", str(path), exc.strerror or str(exc)) from None
+
+    def open_read(self, name: str) -> IO[bytes]:
+        path = self._path(name)
+        try:
+            return path.open("rb")
         except FileNotFoundError:
             raise StorageError("read", str(path), "not found") from None
         except OSError as exc:
@@ -280,6 +305,9 @@ class S3Location(Location):
         self.storage_options = storage_options
         self._fs: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fs": None}  # a process that unpickles it connects on its own
+
     @property
     def fs(self) -> Any:
         if self._fs is None:
@@ -304,6 +332,31 @@ class S3Location(Location):
             return bytes(self.fs.cat_file(path))
         except Exception as exc:
             raise _storage_error("read", self.url_of(name), exc) from None
+
+    def size_of(self, name: str) -> int:
+        try:
+            info = self.fs.info(self._path(name))
+        except Exception as exc:
+            raise _storage_error("read", self.url_of(name), exc) from None
+        if info.get("type") != "file":
+            raise StorageError("read", self.url_of(name), "not found (a prefix of other objects, not an object)")
+        return int(info["size"])
+
+    def read_prefix(self, name: str, size: int) -> bytes:
+        if size <= 0:
+            return b""  # a range of nothing is not a range S3 answers
+        try:
+            return bytes(self.fs.cat_file(self._path(name), start=0, end=size))
+        except Exception as exc:
+            raise _storage_error("read", self.url_of(name), exc) from None
+
+    def open_read(self, name: str) -> IO[bytes]:
+        path, url = self._path(name), self.url_of(name)
+        try:
+            file = self.fs.open(path, "rb", block_size=READ_BLOCK)
+        except Exception as exc:
+            raise _storage_error("read", url, exc) from None
+        return io.BufferedReader(_ObjectStream(file, url), buffer_size=READ_BLOCK)
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         path = self._path(name)
@@ -358,6 +411,32 @@ class S3Location(Location):
 
     def open_report(self, name: str, *, resume: bool = False) -> ReportWriter:
         return _ObjectReport(self, name, resume)
+
+
+class _ObjectStream(io.RawIOBase):
+    """An object read a block at a time (under io.BufferedReader: lines, and reads of any size); a failed read
+    is a StorageError naming the object."""
+
+    def __init__(self, file: Any, url: str) -> None:
+        self._file = file
+        self._url = url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._file.read(len(buffer))
+        except Exception as exc:
+            raise _storage_error("read", self._url, exc) from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self._file.close()
+        super().close()
 
 
 class _ObjectReport(ReportWriter):

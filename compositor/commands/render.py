@@ -19,9 +19,11 @@ from compositor.commands.common import (
     add_limit_arguments,
     add_model_arguments,
     add_source_map_argument,
+    add_storage_options_argument,
     limits_of,
     load_body,
     read_source_map,
+    storage_options_of,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_model_arguments(render)
     add_limit_arguments(render)
     add_source_map_argument(render)
+    add_storage_options_argument(render)
     render.set_defaults(handler=run)
 
 
@@ -82,7 +85,13 @@ def run(args: argparse.Namespace) -> int:
         )
         options = RenderOptions(
             limits=limits_of(args),
-            sources=replace(SourcePolicy(), base_dir=base, source_map=read_source_map(args)),
+            sources=replace(
+                SourcePolicy(),
+                base_dir=base,
+                source_map=read_source_map(args),
+                object_storage=True,  # s3:// sources, with this user's own credentials (AWS_* variables, profiles)
+                storage_options=storage_options_of(args),
+            ),
             removal=RemovalOptions(model=args.model, device=args.device, model_home=args.model_home),
         )
         if args.low_memory and encoding.format != "png":

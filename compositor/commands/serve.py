@@ -47,6 +47,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="may sources and webhooks reach loopback and private addresses (default: only on a loopback bind)",
     )
     serve.add_argument(
+        "--allow-object-storage",
+        choices=("true", "false"),
+        help="may bodies name s3:// sources, read with this server's own AWS credentials (default false)",
+    )
+    serve.add_argument(
         "--page-host", action="append", metavar="NAME", help="a host name the preview page answers on, beside loopback"
     )
     add_source_map_argument(serve)
@@ -99,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         "config": args.config,
         "memory_budget_mb": args.memory_budget,
         "allow_private_networks": args.allow_private_networks,
+        "allow_object_storage": args.allow_object_storage,
         "page_host": args.page_host,
         "source_map": args.source_map,
         "admin_token": args.admin_token,

@@ -14,11 +14,13 @@ from compositor.commands.common import (
     EXIT_UNUSABLE,
     add_limit_arguments,
     add_source_map_argument,
+    add_storage_options_argument,
     add_threshold_arguments,
     body_error_envelope,
     limits_of,
     load_body,
     read_source_map,
+    storage_options_of,
     thresholds_of,
 )
 
@@ -49,6 +51,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_limit_arguments(validate)
     add_source_map_argument(validate)
+    add_storage_options_argument(validate)
     add_threshold_arguments(validate)
     validate.set_defaults(handler=run)
 
@@ -56,6 +59,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         args.thresholds = thresholds_of(args)
+        args.storage = storage_options_of(args)  # for --sources' s3:// sources
     except ValueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -84,7 +88,9 @@ def _judge(body: object, base_dir: Path | str, source_map: Any, args: argparse.N
         report.warnings.extend(_unmapped_files(body, source_map))
     if not args.sources:
         return report.envelope()
-    return _with_sources(report, base_dir, source_map, strict=args.strict, thresholds=args.thresholds)
+    return _with_sources(
+        report, base_dir, source_map, strict=args.strict, thresholds=args.thresholds, storage_options=args.storage
+    )
 
 
 def _as_text(envelope: dict[str, Any], label: str = "") -> str:
@@ -97,7 +103,13 @@ def _as_text(envelope: dict[str, Any], label: str = "") -> str:
 
 
 def _with_sources(
-    report: ValidationReport, base_dir: Path | str, source_map: Any, *, strict: bool, thresholds: dict[str, float]
+    report: ValidationReport,
+    base_dir: Path | str,
+    source_map: Any,
+    *,
+    strict: bool,
+    thresholds: dict[str, float],
+    storage_options: dict[str, Any],
 ) -> dict[str, Any]:
     """The envelope after reading a valid body's source headers (`--sources`):
     unreadable sources are errors (1108 when they are the only ones), what the
@@ -108,7 +120,9 @@ def _with_sources(
     from compositor.preflight import PreflightThresholds, envelope, preflight
     from compositor.sources import SourcePolicy
 
-    policy = SourcePolicy(base_dir=Path(base_dir), source_map=source_map)
+    policy = SourcePolicy(
+        base_dir=Path(base_dir), source_map=source_map, object_storage=True, storage_options=storage_options
+    )
     errors, warnings = preflight(report.request, policy, PreflightThresholds(**thresholds))
     report.errors.extend(errors)
     (report.errors if strict else report.warnings).extend(warnings)

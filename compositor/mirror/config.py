@@ -97,6 +97,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     # Sources and webhooks on loopback or private addresses: only this machine
     # can call a loopback-bound server, so there they are its user's own.
     allow_private = _flag(pick("allow_private_networks", is_loopback_name(host)))
+    # s3:// sources, read with the operator's own credentials: only where the operator says so.
+    allow_object_storage = _flag(pick("allow_object_storage", False))
     budget_mb = float(pick("memory_budget_mb", 2048, float))
     if not math.isfinite(budget_mb) or budget_mb < 0:
         raise ConfigError(f"the memory budget must be a number of MB, 0 or more, not {budget_mb}")
@@ -173,6 +175,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         expiry_interval_s=float(file.get("expiry_interval_s", 60.0)),
         memory_budget=int(budget_mb * MB) if budget_mb > 0 else None,
         allow_private=allow_private,
+        allow_object_storage=allow_object_storage,
         page_hosts=page_hosts,
         source_map=source_map,
         controls_open=is_loopback_name(host),

@@ -81,6 +81,8 @@ class MirrorSettings:
     # Sources and webhooks may reach loopback and private addresses: true
     # while the server listens on loopback only (see config.load).
     allow_private: bool = True
+    # s3:// sources, read with the operator's own credentials: off unless the operator says so (config.load).
+    allow_object_storage: bool = False
     source_deadline_s: float = 30.0
     body_limit: int = 1 * MB  # an API request's body
     upload_limit: int = 64 * MB  # an image uploaded from the page
@@ -120,6 +122,7 @@ class MirrorSettings:
             file_roots=self.file_roots,
             allow_private=self.allow_private,
             local_only=self.local_only,
+            object_storage=self.allow_object_storage,
             deadline_s=self.source_deadline_s,
             source_map=own.merged(self.source_map),
             # A caller may not learn the mirror's own network from a job's reason: one reason for every
@@ -244,14 +247,14 @@ class Mirror:
     def _preflight_at_accept(self, request: CompositeRequest) -> list[dict[str, str]]:
         """Pre-flight's warnings for the sources that need no network: data:
         URIs, uploads and mapped URLs, local files under the file roots (a
-        read of a file, no pixel decoded). An http(s) source is not read here
-        (the answer never waits on another server): it is refused unread, like
+        read of a file, no pixel decoded). An http(s) or s3:// source is not read
+        here (the answer never waits on another server): it is refused unread, like
         any unreadable source its error is ignored (the job fails on the worker
-        with 1108, as it always has), and the worker warns about it. Nothing
+        with 1108, as it always has), and the worker warns about an http(s) one. Nothing
         here may fail a submit: anything unexpected is logged, and the answer
         has fewer warnings."""
         try:
-            offline = dataclasses.replace(self.sources, allow_http=False)
+            offline = dataclasses.replace(self.sources, allow_http=False, object_storage=False)
             _, found = preflight(request, offline, self.settings.preflight)
         except Exception:
             log.exception("pre-flight at accept failed; the answer carries no warnings from the sources' headers")

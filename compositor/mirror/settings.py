@@ -62,6 +62,15 @@ SETTINGS: tuple[Setting, ...] = (
         "whether sources and webhooks may reach loopback, private and link-local addresses",
     ),
     Setting(
+        "allow_object_storage",
+        "--allow-object-storage",
+        "COMPOSITOR_ALLOW_OBJECT_STORAGE",
+        "false",
+        "whether bodies may name s3:// sources; off because the mirror reads them with its operator's own"
+        " credentials (AWS_* variables, profiles, the machine's role), so a caller could read the operator's"
+        " buckets; turn it on only where every caller may read all of them",
+    ),
+    Setting(
         "memory_budget_mb",
         "--memory-budget",
         "COMPOSITOR_MEMORY_BUDGET_MB",
