@@ -7,10 +7,18 @@ memory stays flat however long the input is: a million-line file costs what
 a ten-line one does, plus the ids seen (to refuse a duplicate). An item is
 at most MAX_ITEM_BYTES (a line, or a file of a folder; the cap of a single
 body's `render`): a longer one fails alone (1003 on `body`), read in bounded
-chunks and never held. The workers read the sources and render; the answers
-(PNG bytes, or why not) come back here and are written by this process
-alone, so an item is written exactly once even when a lost Dask worker's
-task runs again elsewhere.
+chunks and never held.
+
+Who writes a result depends on the output (a `compositor.storage.Location`):
+- object storage (`s3://bucket/prefix`): the worker that rendered the item
+  writes it there itself (one PUT: whole or nothing) and answers with the
+  outcome only (code, errors, warnings, seconds, and the size and sha256 of
+  what it wrote): no PNG crosses back to the client. A task that runs twice
+  (a lost Dask worker) writes the same bytes to the same name; the client
+  records each answer once.
+- a local folder: the PNG comes back and this process writes it, as it
+  always has, with the local pool and with Dask alike (a Dask worker may be
+  on a machine whose disk is not this one's).
 
 Each item's warnings (validate's, and pre-flight's from its sources' headers)
 are found on the worker, right before its render, through the render's own
@@ -18,17 +26,31 @@ SourcePolicy: the worker has the sources at hand, and the client reads none.
 They come back with the answer, into the item's report line; under `strict`
 an item with any is refused (1003, its warnings as errors) and not rendered.
 
+The report (`report.jsonl`, beside the results) is written here, as items
+finish: appended line by line in a folder; in object storage, which cannot
+append, PUT whole at checkpoints (every REPORT_CHECKPOINT_S, spaced out so
+that rewriting a large report takes at most 1/REPORT_CHECKPOINT_SHARE of the
+run) and at the end. `--resume` on object storage reads the old report and
+the output's listing: an item whose report line says done (or skipped) and
+whose object exists is not run again, and keeps its one line; any other
+item, including one whose object exists with no line (written after the last
+checkpoint), is rendered again (the same bytes to the same name) and gets
+its one line. Locally, `--resume` is as it always was: an item whose file
+exists is skipped, with a line saying so.
+
 A cluster that goes away is waited for, up to RECONNECT_PATIENCE_S: the
 items it dropped run again once it is back; past that, the batch stops
 (exit 2) and `--resume` carries on. An output that cannot be written (a full
-disk) stops it the same way, in one line; what was written stays, whole.
+disk, a bucket that refuses) stops it the same way, in one line; what was
+written stays, whole.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import os
+import pickle
 import signal
 import sys
 import time
@@ -39,29 +61,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from compositor.catalogue import READ_CHUNK, Item, field_problem
+from compositor.catalogue import Item, field_problem
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
 from compositor.files import write_atomically
 from compositor.signals import signals_noted
 from compositor.sourcemap import SourceMap
+from compositor.storage import LocalLocation, Location, ReportWriter, StorageError, open_location
 
 REPORT_NAME = "report.jsonl"
 IN_FLIGHT_PER_WORKER = 2  # enough to keep a worker busy while its last answer travels back
 ATTEMPTS = 2  # a local item whose worker died is run once more
 # How long a batch waits for a cluster that went away (the executor reconnects meanwhile) before it stops.
 RECONNECT_PATIENCE_S = 60.0
+# A report in object storage is PUT whole this often (at least), and at the end; after a PUT that took t seconds the
+# next waits at least REPORT_CHECKPOINT_SHARE * t, so that a large report costs at most that share of the run.
+REPORT_CHECKPOINT_S = 10.0
+REPORT_CHECKPOINT_SHARE = 10
 
 
 @dataclass(frozen=True)
 class ItemOutcome:
-    """What a worker answers: the PNG, or the API's code and the problems by
-    field; and the item's warnings either way (refused or not)."""
+    """What a worker answers: the PNG (for the client to write), or the size
+    and sha256 of the PNG it wrote itself, or the API's code and the problems
+    by field, or why its write failed; and the item's warnings either way
+    (refused or not)."""
 
     png: bytes | None
     code: int
     errors: list[dict[str, str]]
     seconds: float
     warnings: list[dict[str, str]] = field(default_factory=list)
+    size: int | None = None  # set when the worker wrote the result
+    sha256: str | None = None
+    write_error: str | None = None  # the worker could not write it: one line naming the URL
+
+    @property
+    def rendered(self) -> bool:
+        return self.png is not None or self.size is not None
 
 
 @dataclass
@@ -83,8 +119,13 @@ class BatchSummary:
 class BatchOutputError(Exception):
     """An output (a result, the report) cannot be written: the batch stops; the message says which, in one line."""
 
-    def __init__(self, path: Path, exc: OSError) -> None:
-        super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+    def __init__(self, path: Path | str, exc: OSError | StorageError | str) -> None:
+        if isinstance(exc, StorageError):
+            super().__init__(str(exc))
+        elif isinstance(exc, OSError):
+            super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+        else:
+            super().__init__(exc)
 
 
 # --- on a worker -------------------------------------------------------------------
@@ -97,6 +138,9 @@ def render_item(
     model: str,
     thresholds: dict[str, float] | None = None,
     strict: bool = False,
+    output: Location | None = None,
+    name: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> ItemOutcome:
     """Render one body to PNG bytes, on whichever worker runs it, with its
     warnings: validate's, then pre-flight's from the sources' headers (read
@@ -104,7 +148,11 @@ def render_item(
     keyword arguments). Under `strict` an item with any warning is refused
     (1003, the warnings as errors) and not rendered; else warnings never stop
     it. A source pre-flight cannot read is left to the render (1108). Its
-    removeBg model stays loaded in the worker's process for the items after it."""
+    removeBg model stays loaded in the worker's process for the items after it.
+
+    With an `output` (and the result's `name` there), the worker writes the
+    PNG itself, atomically, and answers with its size and sha256 instead of
+    its bytes; without one, the bytes come back."""
     from compositor import CompositorError, RemovalOptions, RenderOptions, SourceError
     from compositor.codes import ApiCode
     from compositor.encode import encode
@@ -123,7 +171,9 @@ def render_item(
         refused = [p.as_dict() for p in report.errors + (report.warnings if strict else [])]
         warned = [p.as_dict() for p in report.warnings]
         return ItemOutcome(None, int(report.code), refused, _since(started), warned)
-    policy = SourcePolicy(base_dir=Path(base_dir), source_map=source_map)
+    policy = SourcePolicy(
+        base_dir=Path(base_dir), source_map=source_map, object_storage=True, storage_options=storage_options or {}
+    )
     unreadable, found = preflight(report.request, policy, PreflightThresholds(**(thresholds or {})))
     warnings = [p.as_dict() for p in report.warnings + found]
     if strict and warnings:  # as `validate --strict --sources`: the warnings (and any unreadable source) as errors
@@ -139,7 +189,24 @@ def render_item(
     except MemoryError:
         problem = field_problem("body", "the render ran out of memory")
         return ItemOutcome(None, 1206, [problem], _since(started), warnings)
-    return ItemOutcome(png, 1000, [], _since(started), warnings)
+    if output is None or name is None:
+        return ItemOutcome(png, 1000, [], _since(started), warnings)
+    try:
+        _connected(output).write_bytes_atomic(name, png)
+    except StorageError as exc:
+        return ItemOutcome(None, 1000, [], _since(started), warnings, write_error=str(exc))
+    return ItemOutcome(None, 1000, [], _since(started), warnings, len(png), hashlib.sha256(png).hexdigest())
+
+
+# The places this worker process writes to, each connected once (a connection per item would cost more than a
+# small render): keyed by the place as it was pickled (its URL and options, never a connection).
+_CONNECTED: dict[bytes, Location] = {}
+
+
+def _connected(place: Location) -> Location:
+    if isinstance(place, LocalLocation):
+        return place
+    return _CONNECTED.setdefault(pickle.dumps(place), place)
 
 
 def _since(started: float) -> float:
@@ -157,31 +224,40 @@ class _Pending:
 
 @dataclass
 class BatchRun:
-    """One batch: where results go, what runs them, and the report."""
+    """One batch: where results go (a folder, or a Location: a folder or a prefix in object storage), what
+    runs them, and the report."""
 
-    outdir: Path
+    outdir: Path | Location
     executor: RenderExecutor
     source_map: SourceMap | None = None
     model: str = "u2netp"
     resume: bool = False
     thresholds: dict[str, float] | None = None  # pre-flight's (PreflightThresholds' keyword arguments)
     strict: bool = False  # an item with any warning is refused (1003), not rendered
+    storage_options: dict[str, Any] | None = None  # for s3:// sources (and the output's, when workers write)
     progress: Any = None  # a Progress, or None for silence
     summary: BatchSummary = field(default_factory=BatchSummary)
     # Items the executor dropped (its cluster went away), to run again once it is back.
     _dropped: deque[_Pending] = field(default_factory=deque, init=False)
     _away_since: float | None = field(default=None, init=False)  # when the first was dropped (None: all answer)
     _away_reason: str = field(default="", init=False)
+    # Object storage, resuming: the ids the old report lists as done whose objects exist (not run again, their
+    # line kept), and the old report's other lines by id (replaced by the item's new line, else kept at the end).
+    _listed: set[str] = field(default_factory=set, init=False)
+    _deferred: dict[str, str] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self.output: Location = self.outdir if isinstance(self.outdir, Location) else open_location(self.outdir)
+        # Object storage: each worker writes its own result. A folder: the client does (a Dask worker may be on
+        # another machine, with another disk).
+        self.workers_write = not isinstance(self.output, LocalLocation)
 
     def run(self, items: Iterator[Item]) -> BatchSummary:
-        report_path = self.outdir / REPORT_NAME
         in_flight: dict[Future[ItemOutcome], _Pending] = {}
         try:
-            if self.resume:
-                _drop_partial_line(report_path)
-            self._report = report_path.open("a" if self.resume else "w", encoding="utf-8")
-        except OSError as exc:
-            self.summary.stopped_by = str(BatchOutputError(report_path, exc))
+            self._report = self._open_report()
+        except (OSError, StorageError) as exc:
+            self.summary.stopped_by = str(BatchOutputError(self.output.url_of(REPORT_NAME), exc))
             if self.progress is not None:
                 self.progress.close()
             return self.summary
@@ -197,13 +273,56 @@ class BatchRun:
             # the rest of the input is not read: a stop is at once
             self.summary.not_run += len(in_flight) + len(self._dropped)
             try:
+                for line in self._deferred.values():  # the old report's lines no item of this run replaced
+                    self._report.write(line + "\n")
+                self._deferred.clear()
                 self._report.close()
-            except OSError as exc:  # a line that could not be flushed: --resume drops what is left of it
+            except (OSError, StorageError) as exc:  # a line that could not be written: --resume drops it
                 if self.summary.stopped_by is None:
-                    self.summary.stopped_by = str(BatchOutputError(report_path, exc))
+                    self.summary.stopped_by = str(BatchOutputError(self.output.url_of(REPORT_NAME), exc))
             if self.progress is not None:
                 self.progress.close()
         return self.summary
+
+    def _open_report(self) -> _ReportLines:
+        if not self.workers_write:  # a folder: appended line by line, as always (a cut last line dropped)
+            return _ReportLines(self.output.open_report(REPORT_NAME, resume=self.resume))
+        if not self.resume:
+            return _ReportLines(self.output.open_report(REPORT_NAME))
+        # Resuming in object storage: the old report and the listing say what is done. The report is written anew
+        # (the old one stays until the first checkpoint), its lines carried over, each id once.
+        existing = set(self.output.list("*.png"))
+        kept: list[str] = []
+        if self.output.exists(REPORT_NAME):
+            with self.output.open_read(REPORT_NAME) as old:
+                for raw in old:
+                    line = self._old_line(raw, existing)
+                    if line is not None:
+                        kept.append(line)
+        writer = self.output.open_report(REPORT_NAME)  # the store is not touched until its first checkpoint
+        for line in kept:
+            writer.write_line(line)
+        return _ReportLines(writer)
+
+    def _old_line(self, raw: bytes, existing: set[str]) -> str | None:
+        """One line of an old report: returned if it is kept as it is (done, and its object exists); else held
+        back until its item has a new line (an unreadable or cut line is dropped)."""
+        if not raw.endswith(b"\n"):
+            return None
+        try:
+            line = json.loads(raw)
+            item_id, status = line["id"], line["status"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(item_id, str) or item_id in self._listed:
+            return None
+        text = raw.decode("utf-8").rstrip("\n")
+        if status in ("done", "skipped") and f"{item_id}.png" in existing:
+            self._listed.add(item_id)
+            self._deferred.pop(item_id, None)
+            return text
+        self._deferred[item_id] = text
+        return None
 
     def _pump(self, items: Iterator[Item], in_flight: dict[Future[ItemOutcome], _Pending]) -> None:
         exhausted = False
@@ -220,6 +339,11 @@ class BatchRun:
                     exhausted = True
                 elif item.problem is not None:
                     self._record(item, "failed", 1003, [item.problem], 0.0)
+                elif self.resume and self.workers_write:
+                    if item.id in self._listed:
+                        self._count("skipped")  # the report lists it done, and its object exists: its line stays
+                    else:
+                        in_flight[self._submit(item)] = _Pending(item)
                 elif self.resume and self._output(item).exists():
                     self._record(item, "skipped", None, [], 0.0)
                 else:
@@ -246,9 +370,9 @@ class BatchRun:
             )
 
     def _submit(self, item: Item) -> Future[ItemOutcome]:
-        return self.executor.submit(
-            render_item, item.body, item.base_dir, self.source_map, self.model, self.thresholds, self.strict
-        )
+        args: tuple[Any, ...] = (item.body, item.base_dir, self.source_map, self.model, self.thresholds, self.strict)
+        args += (self.output, self._name(item)) if self.workers_write else (None, None)
+        return self.executor.submit(render_item, *args, self.storage_options)
 
     def _settle(
         self, future: Future[ItemOutcome], pending: _Pending, in_flight: dict[Future[ItemOutcome], _Pending]
@@ -274,18 +398,38 @@ class BatchRun:
             self._record(item, "failed", 1206, [field_problem("body", f"the render failed: {exc}")], 0.0)
             return
         self._away_since = None
-        if outcome.png is None:
+        if outcome.write_error is not None:  # the store refused the worker's write: the batch stops
+            raise BatchOutputError(self.output.url_of(self._name(item)), outcome.write_error)
+        if not outcome.rendered:
             self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds, outcome.warnings)
             return
+        if outcome.png is None:  # the worker wrote it
+            self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
+            return
         with _ctrl_c_waits():  # a result on disk always has its report line
+            self._write(item, outcome.png)
+            self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
+
+    def _write(self, item: Item, png: bytes) -> None:
+        """The client's write of a result that came back."""
+        if isinstance(self.output, LocalLocation):
             try:
-                write_atomically(self._output(item), outcome.png)
+                write_atomically(self._output(item), png)
             except OSError as exc:  # a full disk: the batch stops, what was written stays whole
                 raise BatchOutputError(self._output(item), exc) from None
-            self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings)
+            return
+        try:
+            self.output.write_bytes_atomic(self._name(item), png)
+        except StorageError as exc:
+            raise BatchOutputError(self.output.url_of(self._name(item)), exc) from None
+
+    def _name(self, item: Item) -> str:
+        return f"{item.id}.png"
 
     def _output(self, item: Item) -> Path:
-        return self.outdir / f"{item.id}.png"
+        """A result's path in a local output folder."""
+        assert isinstance(self.output, LocalLocation)
+        return self.output.root / self._name(item)
 
     def _record(
         self,
@@ -295,29 +439,60 @@ class BatchRun:
         errors: list[dict[str, str]],
         seconds: float,
         warnings: list[dict[str, str]] | None = None,
+        outcome: ItemOutcome | None = None,
     ) -> None:
         """The item's report line. `warnings` is [] where none were found, and
         where none were looked for (an item that is not a body, a skipped one,
-        a worker lost)."""
-        line = {
+        a worker lost). A done line has the result's `size` and `sha256`."""
+        line: dict[str, Any] = {
             "id": item.id,
             "status": status,
-            "output": str(self._output(item)) if status in ("done", "skipped") else None,
-            "seconds": seconds,
-            "code": code,
-            "errors": errors,
-            "warnings": warnings or [],
+            "output": self.output.url_of(self._name(item)) if status in ("done", "skipped") else None,
         }
+        if status == "done" and outcome is not None:
+            png = outcome.png
+            line["size"] = len(png) if png is not None else outcome.size
+            line["sha256"] = hashlib.sha256(png).hexdigest() if png is not None else outcome.sha256
+        line |= {"seconds": seconds, "code": code, "errors": errors, "warnings": warnings or []}
         try:
             self._report.write(json.dumps(line) + "\n")
             self._report.flush()
-        except OSError as exc:
-            raise BatchOutputError(self.outdir / REPORT_NAME, exc) from None
+        except (OSError, StorageError) as exc:
+            raise BatchOutputError(self.output.url_of(REPORT_NAME), exc) from None
+        self._deferred.pop(item.id, None)  # its old line (resuming in object storage) is replaced by this one
+        self._count(status, bool(warnings))
+
+    def _count(self, status: str, warned: bool = False) -> None:
         setattr(self.summary, status, getattr(self.summary, status) + 1)
-        if warnings:
+        if warned:
             self.summary.warned += 1
         if self.progress is not None:
             self.progress.advance(status)
+
+
+class _ReportLines:
+    """The report as the run writes it (text, whole lines), through its place's ReportWriter: each line at once
+    in a folder; in object storage, the whole report PUT at checkpoints (see REPORT_CHECKPOINT_S) and at close."""
+
+    def __init__(self, writer: ReportWriter) -> None:
+        self._writer = writer
+        self._last = time.monotonic()
+        self._every = REPORT_CHECKPOINT_S
+
+    def write(self, text: str) -> None:
+        for line in text.splitlines():
+            self._writer.write_line(line)
+        if time.monotonic() - self._last >= self._every:
+            started = time.monotonic()
+            self._writer.checkpoint()
+            self._last = time.monotonic()
+            self._every = max(REPORT_CHECKPOINT_S, REPORT_CHECKPOINT_SHARE * (self._last - started))
+
+    def flush(self) -> None:
+        """Each write is flushed (or spooled until its checkpoint) already."""
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 @contextlib.contextmanager
@@ -333,31 +508,6 @@ def _ctrl_c_waits() -> Iterator[None]:
             previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
         elif previous == signal.SIG_DFL:
             raise KeyboardInterrupt
-
-
-def _drop_partial_line(report: Path) -> None:
-    """A report whose last line was cut (a kill, a full disk) loses that line,
-    so that what is appended starts a line of its own. The cut line's item is
-    not lost: its output exists (it is skipped, and said so) or it runs again."""
-    try:
-        file = report.open("r+b")
-    except FileNotFoundError:
-        return
-    with file:
-        end = file.seek(0, os.SEEK_END)
-        keep = end
-        while keep > 0:
-            start = max(0, keep - READ_CHUNK)
-            file.seek(start)
-            block = file.read(keep - start)
-            if keep == end and block.endswith(b"\n"):
-                return  # whole: nothing to drop
-            newline = block.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            keep = start
-        file.truncate(keep)
 
 
 class Progress:

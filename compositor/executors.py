@@ -15,8 +15,12 @@ know neither.
   doubling to 30 s, logging each wait and the return.
 
 Tasks are plain functions of plain arguments (importable on the workers:
-they run the same package) and their answers come back to the caller, who
-writes them: nothing assumes storage shared with the workers.
+they run the same package) and their answers come back to the caller.
+Nothing here assumes storage shared with the workers: a task that writes
+its own result (batch's, when the output is object storage) is handed the
+place to write as an argument (a `compositor.storage.Location`, which
+pickles without its connection: each worker connects with the credentials
+of its own environment) and answers with the outcome only.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ from pathlib import Path
 from compositor.commands.common import (
     EXIT_UNUSABLE,
     add_source_map_argument,
+    add_storage_options_argument,
     add_threshold_arguments,
     read_source_map,
+    storage_options_of,
     thresholds_of,
 )
 from compositor.weights import model_names
@@ -21,11 +23,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch = commands.add_parser(
         "batch", help="render many bodies (JSONL or a folder of .json) on the local cores or a Dask cluster"
     )
-    batch.add_argument("input", type=Path, help="a JSONL file (a body, or {id, body}, a line) or a folder of *.json")
-    batch.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR", help="results and report.jsonl")
+    batch.add_argument(
+        "input",
+        help="a JSONL file (a body, or {id, body}, a line) or a folder of *.json; or the same in object storage:"
+        " s3://bucket/bodies.jsonl, or s3://bucket/prefix/ holding *.json",
+    )
+    batch.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTDIR",
+        help="where the results and report.jsonl go: a folder, or s3://bucket/prefix/ (written by the workers)",
+    )
     batch.add_argument("--workers", type=int, help="local render processes (default: the core count)")
     batch.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="render on this Dask cluster instead")
-    batch.add_argument("--resume", action="store_true", help="skip items whose output exists; append to the report")
+    batch.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip items whose output exists (in object storage: and whose report line says done); carry the report on",
+    )
     batch.add_argument(
         "--strict",
         action="store_true",
@@ -34,8 +50,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     batch.add_argument("--model", default="u2netp", choices=model_names(), help="removeBg model (default u2netp)")
     add_source_map_argument(batch)
+    add_storage_options_argument(batch)
     add_threshold_arguments(batch)
     batch.set_defaults(handler=run)
+
+
+def _is_url(target: str) -> bool:
+    """A URL of object storage (s3://...); a path, or a file:// URL, is local."""
+    scheme, sep, _ = target.partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
+def _local(target: str) -> Path:
+    scheme, sep, rest = target.partition("://")
+    return Path(rest) if sep and scheme.lower() == "file" else Path(target)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,35 +75,49 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from compositor.batch import BatchRun, Progress
-    from compositor.catalogue import CatalogueError, count_items, read_items
+    from compositor.batch import REPORT_NAME, BatchRun, Progress
+    from compositor.catalogue import CatalogueError, StoredInput, count_items, read_items, stored_input
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
     from compositor.heap import prepare_render_process
     from compositor.sourcemap import SourceMapError
+    from compositor.storage import Location, StorageError, open_location
 
-    source: Path = args.input
-    if not source.exists():
-        print(f"compositor: no input at {source}", file=sys.stderr)
+    stored = _is_url(args.input)
+    local_source = _local(args.input)
+    if not stored and not local_source.exists():
+        print(f"compositor: no input at {local_source}", file=sys.stderr)
         return EXIT_UNUSABLE
-    if not source.is_dir() and not source.is_file():
-        print(f"compositor: {source} is neither a JSONL file nor a folder", file=sys.stderr)
+    if not stored and not local_source.is_dir() and not local_source.is_file():
+        print(f"compositor: {local_source} is neither a JSONL file nor a folder", file=sys.stderr)
         return EXIT_UNUSABLE
     if args.workers is not None and args.workers < 1:
         print("compositor: --workers must be 1 or more", file=sys.stderr)
         return EXIT_UNUSABLE
     try:
         args.thresholds = thresholds_of(args)  # pre-flight's, as PreflightThresholds' keyword arguments
+        options = storage_options_of(args)
     except ValueError as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
+    # Up front, before any worker starts: the input found and read (counted), the output proven writable. A stored
+    # input is counted last: streaming a large object through is the slow part, and a typo in -o says so first.
     try:
         source_map = read_source_map(args)
-        total = count_items(source)
-        args.output.mkdir(parents=True, exist_ok=True)
-        probe = args.output / ".compositor-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except (CatalogueError, SourceMapError) as exc:
+        source: Path | StoredInput = stored_input(args.input, options) if stored else local_source
+        total = None if stored else count_items(source)
+        output: Path | Location
+        if _is_url(args.output):
+            output = open_location(args.output, options)
+            output.check_writable()
+        else:
+            output = _local(args.output)
+            output.mkdir(parents=True, exist_ok=True)
+            probe = output / ".compositor-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        if total is None:
+            total = count_items(source)
+    except (CatalogueError, SourceMapError, StorageError) as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     except OSError as exc:
@@ -95,13 +137,14 @@ def _run_batch(args: argparse.Namespace) -> int:
 
         logging.getLogger("distributed").setLevel(logging.WARNING)
     run = BatchRun(
-        args.output,
+        output,
         executor,
         source_map=source_map,
         model=args.model,
         resume=args.resume,
         thresholds=args.thresholds,
         strict=args.strict,
+        storage_options=options,
         progress=Progress(total),
     )
     try:
@@ -111,7 +154,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     finally:
         executor.shutdown()
-    report = args.output / "report.jsonl"
+    report = run.output.url_of(REPORT_NAME)
     counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped"
     line = f"{counts}, {summary.warned} with warnings; report in {report}"
     if summary.stopped_by == "interrupted":
