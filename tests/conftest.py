@@ -22,6 +22,20 @@ from compositor.sources import SourcePolicy
 settings.register_profile("compositor", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("compositor")
 
+
+@pytest.fixture(autouse=True)
+def render_threads_restored() -> Iterator[None]:
+    """A test that runs a batch item in this process (`render_item` limits the
+    process to one render thread, as a batch worker must be) leaves the next
+    test the limit it found: render's overlap of template and foreground
+    needs two threads."""
+    from compositor.threads import limited, set_render_threads
+
+    before = limited()
+    yield
+    set_render_threads(before)
+
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"
 REQUESTS = FIXTURES / "requests"

@@ -107,7 +107,11 @@ def test_the_template_is_placed_while_the_foreground_is_still_loading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import compositor.engine as engine
+    import compositor.threads
 
+    # Two threads, whatever this process was limited to or the machine has: with one, this test's
+    # foreground (which waits for the template) would hold the only thread.
+    monkeypatch.setattr(compositor.threads, "_threads", 2)
     Image.new("RGB", (4, 4), (255, 0, 0)).save(tmp_path / "fg.png")
     Image.new("RGB", (4, 4), (0, 0, 255)).save(tmp_path / "t.png")
     template_placed = threading.Event()
