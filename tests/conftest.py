@@ -107,3 +107,31 @@ def write_image(tmp_path: Path):
         return str(path)
 
     return write
+
+
+@contextlib.contextmanager
+def loopback_cluster() -> Iterator[Any]:
+    """A Dask LocalCluster of two one-thread worker processes, everything on
+    127.0.0.1. Its nanny writes its workers' settings (MALLOC_TRIM_THRESHOLD_,
+    OMP_NUM_THREADS) into this process's environment, where every later test's
+    subprocess would inherit them: the environment is put back after it. Workers
+    take the environment as it is when the cluster starts (an S3 server's settings,
+    say), as a real cluster's take theirs from their machines."""
+    import os
+
+    from distributed import LocalCluster
+
+    saved = dict(os.environ)
+    try:
+        with LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=50,
+        ) as cluster:
+            yield cluster
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 from compositor.cli import main
-from tests.conftest import FIXTURES, PEER
+from tests.conftest import FIXTURES, PEER, loopback_cluster
 from tests.test_controls import FOREGROUND
 
 BIN = Path(sys.executable).parent
@@ -448,24 +448,8 @@ def test_an_unreachable_scheduler_is_exit_2_within_seconds(tmp_path: Path) -> No
 
 @pytest.fixture(scope="module")
 def local_cluster() -> Iterator[Any]:
-    from distributed import LocalCluster
-
-    # Dask's nanny writes its workers' settings (MALLOC_TRIM_THRESHOLD_, OMP_NUM_THREADS) into this
-    # process's environment, where every later test's subprocess would inherit them: put it back.
-    saved = dict(os.environ)
-    try:
-        with LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=50,
-        ) as cluster:
-            yield cluster
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with loopback_cluster() as cluster:
+        yield cluster
 
 
 def test_a_local_cluster_gives_the_same_pixels(tmp_path: Path, local_cluster: Any) -> None:

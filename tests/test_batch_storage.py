@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import pickle
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from PIL import Image
 
 from compositor.cli import main
 from tests import s3_server as _s3
+from tests.conftest import loopback_cluster
 from tests.s3_server import S3Server
 from tests.test_batch import body, pixels, rendered_alone, write_jsonl
 
@@ -267,24 +267,9 @@ def test_report_checkpoints_are_spaced_by_time_and_the_close_is_the_last(monkeyp
 
 @pytest.fixture(scope="module")
 def s3_cluster(s3_server: S3Server) -> Iterator[Any]:
-    """A LocalCluster of two one-thread workers, started once the S3 server's settings are in the environment (its
-    workers take theirs from it, as a real cluster's take them from their machines)."""
-    from distributed import LocalCluster
-
-    saved = dict(os.environ)  # the nanny writes its workers' settings into this process's environment: put it back
-    try:
-        with LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            silence_logs=50,
-        ) as cluster:
-            yield cluster
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    """Started once the S3 server's settings are in the environment: its workers take theirs from it."""
+    with loopback_cluster() as cluster:
+        yield cluster
 
 
 def test_on_dask_the_workers_write_to_the_bucket_and_only_outcomes_come_back(
