@@ -8,10 +8,17 @@ run, as a user would, with the CLI:
 - a Dask LocalCluster (2 worker processes, 1 thread each);
 - `dask scheduler` and two `dask worker` processes started from the CLI.
 
+Then the same 200 renders into a bucket (moto's S3 server on 127.0.0.1, in
+this process: a stand-in for a real store, slower than one), where each
+worker writes its own results: 1 and 2 workers.
+
 Printed: items per second, the cluster's per-item overhead against the local
-pool (goal: under 10%), the 1-to-2-worker speed-up (goal: at least 1.7x),
-and the client's peak RSS for 10,000 tiny items (through GNU time). Writes
-benchmarks/results/batch.json and docs/bench-batch.png.
+pool (goal: under 10%), the 1-to-2-worker speed-up (goal: at least 1.7x; at
+least 1.8x with the workers writing to the bucket), the bytes of one item's
+answer that reach the client (pickled, as they cross the pool's pipe: goal
+under 2 KB when the workers write), and the client's peak RSS for 10,000
+tiny items (through GNU time). Writes benchmarks/results/batch.json and
+docs/bench-batch.png. `--no-s3` leaves the bucket runs out.
 
     .venv/bin/python benchmarks/bench_batch.py
 """
@@ -117,19 +124,76 @@ def cli_cluster() -> Iterator[str]:
             process.wait(30)
 
 
-def run_batch(source: Path, outdir: Path, *extra: str) -> float:
-    shutil.rmtree(outdir, ignore_errors=True)
+def run_batch(source: Path, outdir: Path | str, *extra: str, env: dict[str, str] | None = None) -> float:
+    if isinstance(outdir, Path):
+        shutil.rmtree(outdir, ignore_errors=True)
     started = time.perf_counter()
     done = subprocess.run(
         [str(BIN / "compositor"), "batch", str(source), "-o", str(outdir), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"batch failed: {done.stderr[-500:]}")
     return seconds
+
+
+@contextlib.contextmanager
+def s3_store() -> Iterator[tuple[dict[str, str], Any]]:
+    """moto's S3 server on 127.0.0.1 (no credentials checked) and the environment that points batch at it."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on the harness's output
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": "/nonexistent",
+            "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        }
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+        )
+        client.create_bucket(Bucket="bench")
+        yield env, client
+    finally:
+        server.stop()
+
+
+def answer_bytes(body: dict[str, Any], work: Path, env: dict[str, str]) -> dict[str, int]:
+    """The pickled answer of one item, as it crosses the pool's pipe to the client: the PNG in it when the
+    client writes (a local output), only the outcome when the worker writes (a bucket)."""
+    script = (
+        "import json, pickle, sys\n"
+        "from compositor.batch import render_item\n"
+        "from compositor.storage import open_location\n"
+        "body = json.loads(sys.argv[1])\n"
+        "local = render_item(body, '.', None, 'u2netp')\n"
+        "stored = render_item(body, '.', None, 'u2netp', None, False, open_location('s3://bench/bytes'), 'one.png')\n"
+        "print(json.dumps({'client writes': len(pickle.dumps(local)), 'workers write': len(pickle.dumps(stored))}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(body)], capture_output=True, text=True, env=env, cwd=work, check=True
+    )
+    return dict(json.loads(done.stdout))
 
 
 def plot(results: dict[str, Any]) -> None:
@@ -154,6 +218,7 @@ def plot(results: dict[str, Any]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "batch.json")
+    parser.add_argument("--no-s3", action="store_true", help="leave out the runs into a bucket")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     files = workloads(work)
@@ -174,6 +239,18 @@ def main() -> int:
         measure("Dask LocalCluster, 2 workers", "--scheduler", address)
     with cli_cluster() as address:
         measure("dask scheduler + dask worker CLI, 2", "--scheduler", address)
+    if not args.no_s3:
+        with s3_store() as (env, _):
+            renders = "200 renders 1024"
+            for name, workers in (
+                ("local pool, 1 worker, into a bucket", "1"),
+                ("local pool, 2 workers, into a bucket", "2"),
+            ):
+                run_batch(files[renders], "s3://bench/warm/", "--workers", workers, env=env)
+                seconds = run_batch(files[renders], "s3://bench/out/", "--workers", workers, env=env)
+                results["runs"][name] = {renders: {"seconds": seconds, "items_per_s": 200 / seconds}}
+            first = json.loads(files[renders].read_text().splitlines()[0])
+            results["client_bytes_per_item_1024"] = answer_bytes(first, work, env)
     tiny_kib = bench_render.run_process(
         [str(BIN / "compositor"), "batch", str(files["10000 tiny"]), "-o", str(work / "tiny"), "--workers", "2"]
     )
@@ -194,6 +271,20 @@ def main() -> int:
     for workload in timed:
         speedup = local[workload]["items_per_s"] / runs["local pool, 1 worker"][workload]["items_per_s"]
         goals.append((f"speed-up 1 -> 2 workers, {workload} (at least)", speedup, 1.7))
+    if "local pool, 2 workers, into a bucket" in runs:
+        into = [
+            runs[f"local pool, {n}, into a bucket"]["200 renders 1024"]["items_per_s"]
+            for n in ("1 worker", "2 workers")
+        ]
+        goals.append(
+            ("speed-up 1 -> 2 workers writing to a bucket, 200 renders 1024 (at least)", into[1] / into[0], 1.8)
+        )
+        sent = results["client_bytes_per_item_1024"]
+        goals.append(
+            ("bytes of an item's answer to the client, workers writing, 1024x1024", sent["workers write"], 2048)
+        )
+        print(f"\nan item's answer to the client at 1024x1024: {sent['client writes']:,} bytes when the client writes,"
+              f" {sent['workers write']:,} when the worker writes")  # fmt: skip
     results["goals"] = [{"measure": m, "value": v, "goal": g} for m, v, g in goals]
     print(f"\nclient peak RSS, 10,000 tiny items: {results['client_peak_mb_10000_items']:.0f} MB\n")
     for measure_name, value, goal in goals:

@@ -459,6 +459,14 @@ def _batch(result: dict[str, Any]) -> list[str]:
     client = result.get("client_peak_mb_10000_items")
     if client:
         lines += [f"Peak RSS of the client for 10,000 tiny items: {_mb(client)} MB.", ""]
+    sent = result.get("client_bytes_per_item_1024") or {}
+    if sent:
+        lines += [
+            "What one 1024x1024 item's answer carries to the client (pickled, as it crosses the pool's pipe):"
+            f" {_figure(sent.get('client writes'))} bytes when the client writes the result,"
+            f" {_figure(sent.get('workers write'))} when the worker writes it to the bucket.",
+            "",
+        ]
     goals = result.get("goals") or []
     lines += _goals(
         [(g.get("measure", ""), g.get("value"), g.get("goal"), "at least" in g.get("measure", "")) for g in goals]

@@ -432,3 +432,10 @@ def test_one_table_helper_lays_out_every_table(gen_pages: ModuleType) -> None:
     assert gen_pages._table(["a", "b"], [["1", "2"], ["3", ""]]) == ["| a | b |", "|---|---|", "| 1 | 2 |", "| 3 |  |"]
     source = (REPO / "docs" / "gen_pages.py").read_text()
     assert source.count("---|") == 1  # the separator row is written in one place: _table
+
+
+def test_the_batch_section_says_what_an_items_answer_carries(gen_pages: ModuleType) -> None:
+    result = {**batch_result(60.0), "client_bytes_per_item_1024": {"client writes": 329_854, "workers write": 374}}
+    text = "\n".join(gen_pages.RENDERERS["batch.json"](result))
+    assert "329,854 bytes when the client writes" in text and "374 when the worker writes" in text
+    assert "answer carries" not in "\n".join(gen_pages.RENDERERS["batch.json"](batch_result(60.0)))
