@@ -110,8 +110,8 @@ def write_image(tmp_path: Path):
 
 
 @contextlib.contextmanager
-def loopback_cluster() -> Iterator[Any]:
-    """A Dask LocalCluster of two one-thread worker processes, everything on
+def loopback_cluster(workers: int = 2) -> Iterator[Any]:
+    """A Dask LocalCluster of one-thread worker processes (two by default), everything on
     127.0.0.1. Its nanny writes its workers' settings (MALLOC_TRIM_THRESHOLD_,
     OMP_NUM_THREADS) into this process's environment, where every later test's
     subprocess would inherit them: the environment is put back after it. Workers
@@ -124,7 +124,7 @@ def loopback_cluster() -> Iterator[Any]:
     saved = dict(os.environ)
     try:
         with LocalCluster(
-            n_workers=2,
+            n_workers=workers,
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",

@@ -293,3 +293,12 @@ def test_a_generated_client_submits_polls_and_downloads_a_job(server: Server, tm
     wrong = models.ReplaceRequest.from_dict({**example["application/json"]["example"], "canvas_size": "0x0"})
     refused = replace_background.sync(client=keyed, body=wrong)
     assert refused.code == 1003 and refused.data.errors[0].field == "canvas_size"
+
+
+def test_a_server_with_local_results_documents_no_503_for_them() -> None:
+    from compositor.mirror.openapi import openapi_document
+
+    local = openapi_document(title="t", version="1", controls=False, admin=False)
+    bucket = openapi_document(title="t", version="1", controls=False, admin=False, results_in_bucket=True)
+    assert "503" not in local["paths"]["/results/{name}"]["get"]["responses"]
+    assert "503" in bucket["paths"]["/results/{name}"]["get"]["responses"]

@@ -12,8 +12,10 @@ from compositor.commands.common import (
     EXIT_OK,
     EXIT_UNUSABLE,
     add_source_map_argument,
+    add_storage_options_argument,
     add_threshold_arguments,
     one_line,
+    storage_options_of,
 )
 from compositor.weights import model_names
 
@@ -30,6 +32,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--client", action="append", metavar="ID:SECRET", help="a client (repeatable; $COMPOSITOR_CLIENTS)"
     )
+    serve.add_argument(
+        "--results",
+        metavar="URL",
+        help="where results are kept: a folder, or s3://bucket/prefix, written by the worker that renders each job"
+        " and served through the mirror's /results/ (default: DATA_DIR/results; $COMPOSITOR_RESULTS)",
+    )
+    add_storage_options_argument(serve)
     serve.add_argument("--workers", type=int, help="render processes (default: the core count)")
     serve.add_argument("--result-ttl", type=float, metavar="SECONDS", help="result lifetime (default 7 days)")
     serve.add_argument("--allow-file-root", action="append", type=Path, help="a folder file:// sources may read")
@@ -91,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from compositor.mirror.lock import DataDirInUseError
     from compositor.mirror.responses import create_app
     from compositor.mirror.service import Mirror
+    from compositor.storage import StorageError
 
     flags = {
         "host": args.host,
@@ -111,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         "scenario": args.scenario,
         "model": args.model,
         "scheduler": args.scheduler,
+        "results": args.results,
         "warn_aspect_change": args.warn_aspect_change,
         "warn_enlargement": args.warn_enlargement,
         "warn_cut_off": args.warn_cut_off,
@@ -122,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if level not in logs.LEVELS or log_format not in logs.FORMATS:
             raise config.ConfigError(f"the log level must be one of {logs.LEVELS} and the format one of {logs.FORMATS}")
+        flags["storage_options"] = storage_options_of(args) or None
         served = config.load(flags)
     except (config.ConfigError, OSError, ValueError, TypeError, AttributeError) as exc:
         print(f"compositor: {one_line(exc)}", file=sys.stderr)
@@ -138,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         mirror = Mirror(served.settings)
-    except (DataDirInUseError, StoreError, OSError, ExecutorUnavailable) as exc:
+    except (DataDirInUseError, StoreError, OSError, ExecutorUnavailable, StorageError) as exc:
         listener.close()
         print(f"compositor: {one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE
@@ -222,6 +234,8 @@ def _print_banner(served: Any) -> None:
     where = f"on the Dask cluster at {settings.scheduler}" if settings.scheduler else f"{settings.workers} workers"
     print(f"compositor mirror on {base}  (data in {settings.data_dir}, {where})")
     print(f"  docs: {base}/docs   page: {base}/")
+    if settings.results_in_bucket:
+        print(f"  results in {settings.results_location.url} (served through {base}/results/)")
     if settings.admin_token is not None:
         print(f"  test controls: {base}/_mirror/ (with the admin token in the x-mirror-admin header)")
     elif settings.controls_enabled:

@@ -22,6 +22,7 @@ from compositor.mirror.webhooks import RetryPolicy
 from compositor.outbound import is_loopback_name
 from compositor.preflight import PreflightThresholds
 from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
+from compositor.storage import StorageError, open_location
 from compositor.weights import model_names
 
 DEFAULT_PORT = 8080
@@ -105,6 +106,16 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     if not 0 < port < 65536:
         raise ConfigError(f"the port must be from 1 to 65535, not {port}")
     page_hosts = tuple(flags.get("page_host") or file.get("page_hosts", []))
+    # Results in a folder or a bucket: the URL and its options checked here (a scheme not supported, keys in the
+    # options), in one line; whether the bucket can be written is proven when the mirror starts.
+    results = pick("results", None)
+    results = str(results) if results not in (None, "") else None
+    storage_options = _storage_options(flags, environ, file)
+    if results is not None:
+        try:
+            open_location(results, storage_options)
+        except StorageError as exc:
+            raise ConfigError(str(exc)) from None
     map_path = pick("source_map", None)
     try:
         source_map = load_source_map(Path(map_path)) if map_path else SourceMap()
@@ -184,6 +195,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         admin_token=admin_token,
         scenario=scenario,
         preflight=preflight,
+        results=results,
+        storage_options=storage_options,
         body_limit=int(file.get("max_body_bytes", MB)),
         source_deadline_s=float(file.get("source_deadline_s", 30.0)),
         webhook_retry=RetryPolicy(
@@ -194,6 +207,26 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         ),
     )
     return ServeConfig(host, port, settings, development, development_is_new)
+
+
+def _storage_options(flags: dict[str, Any], environ: dict[str, str], file: dict[str, Any]) -> dict[str, Any]:
+    """The object store's options: the flag's (a dict, `--storage-options` parsed), else the variable's (a JSON
+    object), else the file's `[storage_options]` table, else none."""
+    if flags.get("storage_options") is not None:
+        options = flags["storage_options"]
+        origin = "--storage-options"
+    elif _env("storage_options") in environ:
+        origin = _env("storage_options")
+        try:
+            options = json.loads(environ[origin])
+        except ValueError as exc:
+            raise ConfigError(f"{origin} is not JSON: {exc}") from None
+    else:
+        options = file.get("storage_options", {})
+        origin = "storage_options in the config file"
+    if not isinstance(options, dict):
+        raise ConfigError(f"{origin} must be a JSON object (a table in the config file)")
+    return dict(options)
 
 
 def _env(key: str) -> str:

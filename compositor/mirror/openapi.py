@@ -516,8 +516,11 @@ _CONTROL_ERRORS = {
 }
 
 
-def openapi_document(*, title: str, version: str, controls: bool, admin: bool) -> dict[str, Any]:
-    """The whole document; the control plane's paths only when it is served."""
+def openapi_document(
+    *, title: str, version: str, controls: bool, admin: bool, results_in_bucket: bool = False
+) -> dict[str, Any]:
+    """The whole document; the control plane's paths only when it is served, and
+    the result's 503 only when results are kept in object storage."""
     paths: dict[str, Any] = {**_api_paths(API_PREFIX, alias=False), **_api_paths(ALIAS_PREFIX, alias=True)}
     paths["/results/{name}"] = {
         "get": {
@@ -536,6 +539,11 @@ def openapi_document(*, title: str, version: str, controls: bool, admin: bool) -
             },
         }
     }
+    if results_in_bucket:
+        paths["/results/{name}"]["get"]["responses"]["503"] = _json(
+            _ref("Envelope"),
+            "The bucket that keeps the results cannot be read right now: code 1206, with Retry-After.",
+        )
     security_schemes: dict[str, Any] = {
         "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "the clientSecret"},
         "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "a token from getToken"},

@@ -14,13 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fastapi_offline
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -31,7 +31,7 @@ from compositor.mirror.api_error import ApiError
 from compositor.mirror.connections import DropConnection, Dropper
 from compositor.mirror.control_routes import add_controls
 from compositor.mirror.database import StoreError
-from compositor.mirror.downloads import open_file_response
+from compositor.mirror.downloads import CHUNK_BYTES, open_file_response
 from compositor.mirror.jobs import Job
 from compositor.mirror.middleware import (
     CONTROL_PREFIX,
@@ -46,6 +46,7 @@ from compositor.mirror.middleware import (
 from compositor.mirror.openapi import ALIAS_PREFIX, API_PREFIX, openapi_document
 from compositor.mirror.page import add_page
 from compositor.mirror.service import Mirror
+from compositor.storage import StorageError
 
 
 def envelope(code: int, msg: str, data: Any = None) -> JSONResponse:
@@ -234,6 +235,8 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     @app.get("/results/{name}", response_class=FileResponse)
     async def result(name: str) -> Response:
+        if mirror.results_in_bucket:
+            return await run_in_threadpool(_result_object, mirror, name)
         return open_file_response(
             mirror.result_file(name),
             "image/png",
@@ -251,6 +254,7 @@ def _routes(mirror: Mirror) -> FastAPI:
         version=app.version,
         controls=mirror.settings.controls_enabled,
         admin=mirror.settings.admin_token is not None,
+        results_in_bucket=mirror.results_in_bucket,
     )
 
     def openapi() -> dict[str, Any]:
@@ -259,6 +263,34 @@ def _routes(mirror: Mirror) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _result_object(mirror: Mirror, name: str) -> Response:
+    """A result kept in object storage, streamed from the bucket through the mirror (a client needs no
+    credentials of the bucket's): a 404 when there is none, a 503 while the bucket cannot be read."""
+    try:
+        opened = mirror.open_result_object(name, CHUNK_BYTES)
+    except StorageError:  # logged, with the URL, by the back end: the caller learns nothing of the bucket
+        response = envelope(int(ApiCode.BACKGROUND_CHANGE_ERROR), "the mirror cannot read its results right now")
+        response.status_code = 503
+        response.headers["retry-after"] = "5"
+        return response
+    if opened is None:
+        return JSONResponse({"code": 1003, "msg": "no such result, or it has expired"}, status_code=404)
+    size, head, stream = opened
+    return StreamingResponse(
+        _object_chunks(head, stream), media_type="image/png", headers={"content-length": str(size)}
+    )
+
+
+async def _object_chunks(head: bytes, stream: IO[bytes]) -> AsyncIterator[bytes]:
+    try:
+        if head:
+            yield head
+        while chunk := await run_in_threadpool(stream.read, CHUNK_BYTES):
+            yield chunk
+    finally:
+        stream.close()
 
 
 REDOC_BUNDLE = Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js"

@@ -4,7 +4,16 @@ layer calls `submit`, `info`, `issue_token` and the test controls
 (`controls`, `fail_job`, `jobs`, `deliveries`, `reset`).
 
 The in-process mock runs this same back end with `inline` set: no worker
-processes, and a job renders in the thread of the info poll that releases it."""
+processes, and a job renders in the thread of the info poll that releases it.
+
+Results are kept in the data dir's `results` folder, or where the `results`
+setting says: another folder, or a prefix in object storage. In a bucket,
+the worker that renders a job (a local process, a Dask worker, or the
+polling thread inline) writes the PNG there itself, one PUT under the job's
+name (`ID.png`), and answers with the outcome only; the job's `image` is
+still the mirror's own `/results/ID.png`, which streams the object from the
+bucket, so that clients need no credentials of the bucket's. Expiry and
+`reset` delete the objects the job store recorded, and nothing else."""
 
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import functools
 import logging
 import os
 import queue
+import re
 import secrets
 import threading
 import time
@@ -21,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
@@ -34,13 +44,21 @@ from compositor.mirror.database import StoreError, now_ms
 from compositor.mirror.jobs import FAILED, QUEUEING, Job, JobStore
 from compositor.mirror.lock import DataDirLock
 from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
-from compositor.mirror.worker import RenderOutcome, prepare_worker, render_png, render_to_file, store_png
+from compositor.mirror.worker import (
+    RenderOutcome,
+    prepare_worker,
+    render_png,
+    render_to_file,
+    render_to_location,
+    store_png,
+)
 from compositor.outbound import OutboundPolicy
 from compositor.pool import WorkerDied, WorkerPool
 from compositor.preflight import PreflightThresholds, preflight
 from compositor.request import Limits, validate
 from compositor.sourcemap import SourceMap
 from compositor.sources import SourcePolicy
+from compositor.storage import LocalLocation, Location, StorageError, open_location
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +81,9 @@ MAX_SETBACKS = 12
 # How long the dispatcher waits before claiming again after the store or the
 # disk failed: doubling from the first to the last.
 BACKOFF_S = (0.5, 30.0)
+# A result's name where results are kept: its job's id (hex), `.png`. Only such names are read from a bucket
+# for `/results/` or deleted from it.
+RESULT_NAME = re.compile(r"[0-9a-f]+\.png")
 
 
 @dataclass(frozen=True)
@@ -100,14 +121,31 @@ class MirrorSettings:
     inline: bool = False
     open_accounts: bool = False
     local_only: bool = False
+    # Where results are kept: None, the data dir's results folder; else a folder or a prefix in object storage
+    # (`s3://bucket/prefix`), and the options of its store (s3fs's, never keys; s3:// sources use them too).
+    results: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def controls_enabled(self) -> bool:
         return self.controls_open or self.admin_token is not None
 
+    @functools.cached_property
+    def results_location(self) -> Location:
+        """Where results are kept (nothing is asked of a store yet); StorageError for a URL that cannot be used."""
+        where = self.data_dir / "results" if self.results is None else self.results
+        return open_location(where, self.storage_options)
+
+    @property
+    def results_in_bucket(self) -> bool:
+        return not isinstance(self.results_location, LocalLocation)
+
     @property
     def results_dir(self) -> Path:
-        return self.data_dir / "results"
+        """The folder of the results: the data dir's, or the `results` folder (with results in a bucket, the data
+        dir's, which then stays empty)."""
+        place = self.results_location
+        return place.root if isinstance(place, LocalLocation) else self.data_dir / "results"
 
     @property
     def uploads_dir(self) -> Path:
@@ -123,6 +161,7 @@ class MirrorSettings:
             allow_private=self.allow_private,
             local_only=self.local_only,
             object_storage=self.allow_object_storage,
+            storage_options=dict(self.storage_options),
             deadline_s=self.source_deadline_s,
             source_map=own.merged(self.source_map),
             # A caller may not learn the mirror's own network from a job's reason: one reason for every
@@ -139,7 +178,13 @@ class Mirror:
         # The lock first: nothing of another server's may be touched.
         self._lock = DataDirLock(settings.data_dir, {"url": settings.public_base_url})
         try:
-            settings.results_dir.mkdir(exist_ok=True)
+            # Results in a bucket: proven writable now (a probe written, then deleted), so that a bucket that
+            # is missing, or refuses these credentials, stops the start in one line naming it, before any job.
+            self._bucket: Location | None = settings.results_location if settings.results_in_bucket else None
+            if self._bucket is not None:
+                self._bucket.check_writable()
+            else:
+                settings.results_dir.mkdir(exist_ok=True)
             settings.uploads_dir.mkdir(exist_ok=True)
             self.accounts = Accounts(
                 list(settings.clients), _signing_key(settings.data_dir), open_registration=settings.open_accounts
@@ -325,7 +370,11 @@ class Mirror:
         self.webhooks.forget()
         self.accounts.forget_rates()
         for path in self.store.forget_all():
-            Path(path).unlink(missing_ok=True)
+            self._delete_result(path)
+        if self._bucket is not None:
+            # Only what the store recorded: the prefix is never listed, so nothing else under it is touched
+            # (another mirror's results, say). A render under way is deleted when it comes back.
+            return
         for leftover in self.settings.results_dir.glob("*.png"):
             if leftover.stem not in self._in_flight:
                 leftover.unlink(missing_ok=True)
@@ -337,6 +386,31 @@ class Mirror:
 
     def result_file(self, name: str) -> Path | None:
         return _file_in(self.settings.results_dir, name)
+
+    @property
+    def results_in_bucket(self) -> bool:
+        return self._bucket is not None
+
+    def open_result_object(self, name: str, first: int) -> tuple[int, bytes, IO[bytes]] | None:
+        """A result in the bucket, for `/results/NAME`: its size, its first `first` bytes (read now, so that an
+        object deleted before the answer starts is a 404, not an empty 200) and the stream of the rest (the
+        caller closes it); None when there is no such result. StorageError (logged here, with the URL) when
+        the bucket cannot be read."""
+        if self._bucket is None or not RESULT_NAME.fullmatch(name):
+            return None
+        stream: IO[bytes] | None = None
+        try:
+            size = self._bucket.size_of(name)
+            stream = self._bucket.open_read(name)
+            head = stream.read(first)
+        except StorageError as exc:
+            if stream is not None:
+                stream.close()
+            if exc.reason.startswith("not found"):
+                return None
+            log.warning("a result could not be read: %s", exc)
+            raise
+        return size, head, stream
 
     def upload_file(self, name: str) -> Path | None:
         return _file_in(self.settings.uploads_dir, name)
@@ -379,7 +453,12 @@ class Mirror:
             _job_line(job, "processing")
             budget, model, thresholds = self.settings.memory_budget, self.settings.model, self.settings.preflight
             try:
-                if self._remote:  # the cluster's workers share no storage with us: the PNG comes back
+                if self._bucket is not None:  # the worker writes the result into the bucket; its outcome comes back
+                    name, sources = _result_name(job), self.sources
+                    future = self.pool.submit(
+                        render_to_location, job.body, self._bucket, name, sources, budget, model, thresholds
+                    )
+                elif self._remote:  # the cluster's workers share no storage with us: the PNG comes back
                     future = self.pool.submit(render_png, job.body, self.sources, budget, model, thresholds)
                 else:
                     future = self.pool.submit(
@@ -407,9 +486,13 @@ class Mirror:
         done: Future[RenderOutcome] = Future()
         try:
             budget = self.settings.memory_budget
-            result = str(self._result_path(job))
             model, thresholds = self.settings.model, self.settings.preflight
-            done.set_result(render_to_file(job.body, result, self.sources, budget, model, thresholds))
+            if self._bucket is not None:
+                name, sources = _result_name(job), self.sources
+                done.set_result(render_to_location(job.body, self._bucket, name, sources, budget, model, thresholds))
+            else:
+                result = str(self._result_path(job))
+                done.set_result(render_to_file(job.body, result, self.sources, budget, model, thresholds))
         except Exception as exc:
             done.set_exception(exc)
         self._store_outcome(job, done)
@@ -471,12 +554,14 @@ class Mirror:
         if outcome.transient:  # it runs again, and warns again
             self._set_aside(job, outcome.failure or "the result could not be stored")
         elif outcome.failure is None:
-            result = self._result_path(job)
-            url = f"{self.settings.public_base_url}/results/{result.name}"
-            if self.store.complete(job.id, str(result), url, warnings):
+            # Kept as the object's URL in a bucket, else as the file's path; handed out as the mirror's own URL.
+            name = _result_name(job)
+            kept_at = str(self._result_path(job)) if self._bucket is None else self._bucket.url_of(name)
+            url = f"{self.settings.public_base_url}/results/{name}"
+            if self.store.complete(job.id, kept_at, url, warnings):
                 _job_line(job, "completed")
             else:  # failed by hand, or forgotten by a reset, while it rendered
-                result.unlink(missing_ok=True)
+                self._delete_result(kept_at)
         else:
             self._fail(job, outcome.failure, warnings)
 
@@ -507,7 +592,24 @@ class Mirror:
         _job_line(job, "failed", reason)
 
     def _result_path(self, job: Job) -> Path:
-        return self.settings.results_dir / f"{job.id}.png"
+        return self.settings.results_dir / _result_name(job)
+
+    def _delete_result(self, stored: str) -> None:
+        """A result the store recorded, deleted: a file (every result kept in a folder), or an object under the
+        results prefix. An object anywhere else (a prefix this server no longer uses) is left alone, and a
+        deletion the store refuses is logged: neither stops expiry or a reset."""
+        if "://" not in stored:  # a path (a Path's text never holds "//")
+            Path(stored).unlink(missing_ok=True)
+            return
+        prefix = self._bucket.url + "/" if self._bucket is not None else None
+        name = stored[len(prefix) :] if prefix is not None and stored.startswith(prefix) else ""
+        if self._bucket is None or not RESULT_NAME.fullmatch(name):
+            log.warning("result %s is not under the results location; it is left where it is", stored)
+            return
+        try:
+            self._bucket.delete(name)
+        except StorageError as exc:
+            log.warning("a result could not be deleted: %s", exc)
 
     def _secret_for(self, client_id: str) -> str | None:
         client = self.accounts.get(client_id)
@@ -527,7 +629,7 @@ class Mirror:
         cutoff = time.time() - self.settings.result_ttl_s
         paths = self.store.expire(int(cutoff * 1000))
         for path in paths:
-            Path(path).unlink(missing_ok=True)
+            self._delete_result(path)
         if self.settings.uploads_dir.is_dir():
             for upload in self.settings.uploads_dir.iterdir():
                 try:
@@ -547,6 +649,10 @@ class Mirror:
                 done.set_exception(exc)
             return done
         return self.previews.submit(fn, *args)
+
+
+def _result_name(job: Job) -> str:
+    return f"{job.id}.png"
 
 
 def _file_in(folder: Path, name: str) -> Path | None:

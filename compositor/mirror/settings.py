@@ -37,6 +37,23 @@ SETTINGS: tuple[Setting, ...] = (
         " `[[client]]` tables with `id`, `secret`, `banned`, `quota` (credits) and `rate_limit_per_minute`;"
         " a secret is 16, 24 or 32 bytes (it is the webhooks' AES key)",
     ),
+    Setting(
+        "results",
+        "--results",
+        "COMPOSITOR_RESULTS",
+        "the data dir's results folder",
+        "where results are kept: a folder, or a prefix in object storage (`s3://bucket/prefix`), written by the"
+        " worker that renders each job; clients fetch them from the mirror's own `/results/` either way",
+    ),
+    Setting(
+        "storage_options",
+        "--storage-options",
+        "COMPOSITOR_STORAGE_OPTIONS",
+        "none",
+        "a JSON object of options for the mirror's object storage (its results, and s3:// sources where allowed),"
+        " as s3fs takes them: `endpoint_url`, `profile`, `client_kwargs`; never keys (those come from the AWS_*"
+        " variables, a profile or the machine's role); in the file, a `[storage_options]` table",
+    ),
     Setting("workers", "--workers", "COMPOSITOR_WORKERS", "one per core", "render worker processes"),
     Setting("result_ttl", "--result-ttl", "COMPOSITOR_RESULT_TTL", "604800 (7 days)", "seconds a result is kept"),
     Setting(

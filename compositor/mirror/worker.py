@@ -6,7 +6,13 @@ server. Only plain data crosses the process boundary.
 A job's http(s) sources (those no source map resolves) are downloaded here,
 once, before the render: pre-flight reads their headers for the job's
 warnings (the server reads only the sources that need no network, when it
-accepts the job), and the render reads the same bytes from a temporary file."""
+accepts the job), and the render reads the same bytes from a temporary file.
+
+Where the result goes: a local worker writes it into the results folder
+(`render_to_file`); a cluster's worker, with results in a folder, sends the
+PNG back for the server to write (`render_png`); with results in object
+storage, whichever worker renders the job writes it there itself, one PUT
+(`render_to_location`), and only the outcome comes back."""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +30,7 @@ from compositor.sources import SourcePolicy
 
 if TYPE_CHECKING:
     from compositor.preflight import PreflightThresholds
+    from compositor.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,9 @@ class RenderOutcome:
 
     failure: str | None = None
     transient: bool = False
-    png: bytes | None = None  # from a cluster's worker: the server writes it (no storage is shared)
+    # From a cluster's worker with results in a folder: the server writes it (no storage is shared). None when
+    # the worker wrote the result itself (into the results folder, or into object storage).
+    png: bytes | None = None
     # Pre-flight's warnings ({field, message}) for the job's http(s) sources, read here: the server adds
     # the new ones to those its accept answer gave. Empty when the job has no such source.
     warnings: list[dict[str, str]] = field(default_factory=list)
@@ -211,6 +221,50 @@ def store_png(data: bytes, result_path: str) -> RenderOutcome:
             return RenderOutcome("no space left to store the result", transient=True)
         return RenderOutcome("the result could not be stored", transient=True)
     return RenderOutcome()
+
+
+def render_to_location(
+    body: dict[str, Any],
+    place: Location,
+    name: str,
+    sources: SourcePolicy,
+    budget: int | None,
+    model: str = "u2netp",
+    thresholds: PreflightThresholds | None = None,
+) -> RenderOutcome:
+    """Render `body` into `name` in `place` (results in object storage), on
+    whichever worker runs it: a local process, a Dask worker, or the server's
+    polling thread inline. One PUT, whole or nothing; the outcome comes back,
+    never the PNG. A task run twice writes the same bytes to the same name."""
+    outcome = render_png(body, sources, budget, model, thresholds)
+    if outcome.png is None:
+        return outcome
+    return dataclasses.replace(store_object(outcome.png, place, name), warnings=outcome.warnings)
+
+
+def store_object(data: bytes, place: Location, name: str) -> RenderOutcome:
+    """A rendered PNG written to `name` in `place`. A store that refuses the
+    write (unreachable, the bucket gone, access denied) is transient, as a
+    full disk is: the job waits aside and runs again, and fails with the
+    store's reason (never its URL, which is the operator's) after as many
+    waits as a full disk gets. The URL is in the worker's log."""
+    from compositor.storage import StorageError
+
+    try:
+        _connected(place).write_bytes_atomic(name, data)
+    except StorageError as exc:
+        log.warning("%s", exc)
+        return RenderOutcome(f"the result could not be stored in the results bucket: {exc.reason}", transient=True)
+    return RenderOutcome()
+
+
+# The places this process writes results to, each connected once (a connection a job would cost more than a
+# small render): keyed by the place as it pickles (its URL and options, never a connection).
+_CONNECTED: dict[bytes, Location] = {}
+
+
+def _connected(place: Location) -> Location:
+    return _CONNECTED.setdefault(pickle.dumps(place), place)
 
 
 def render_preview(
