@@ -9,7 +9,10 @@ object storage (`s3://bucket/prefix`), behind one small interface
 - `read_bytes`, `size_of`, `read_prefix(name, size)` (the first bytes only:
   a ranged GET), `exists`, `list(pattern)` (`*.json`, `*.png`: the names right
   under the place, sorted), `url_of(name)`.
-- `write_bytes_atomic(name, data)`: a result appears whole or not at all.
+- `open_object(url)`: the place holding one object and its name there
+  (`render -o s3://bucket/a/b.png`: the place s3://bucket/a, the name b.png).
+- `write_bytes_atomic(name, data)`: a result appears whole or not at all;
+  `write_file_atomic(name, file)` the same from a file, never held in memory.
   Locally: a temporary name in the same folder, then `os.replace` (as
   `files.write_atomically` always has). On S3: one PUT of the whole object
   (S3 shows an object only once its PUT has arrived whole, and a PUT
@@ -42,15 +45,16 @@ import fnmatch
 import io
 import os
 import secrets
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from compositor.files import write_atomically
+from compositor.files import atomic_file, write_atomically
 
-__all__ = ["Location", "ReportWriter", "StorageError", "open_location"]
+__all__ = ["Location", "ReportWriter", "StorageError", "is_url", "open_location", "open_object"]
 
 S3_SCHEMES = ("s3", "s3a")
 SINGLE_PUT_LIMIT = 5 * 1024**3  # S3's largest single PUT
@@ -86,6 +90,22 @@ def open_location(target: str | os.PathLike[str], storage_options: Mapping[str, 
     raise StorageError(
         "use", target, f"{scheme}:// is not supported yet (only local paths and s3://; gs:// and az:// will follow)"
     )
+
+
+def is_url(target: str) -> bool:
+    """A URL (scheme://...), as opposed to a local path (which may hold a colon)."""
+    scheme, sep, _ = target.partition("://")
+    return bool(sep) and scheme.isascii() and scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+
+
+def open_object(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Location, str]:
+    """The place holding the one object `url` names, and its name there:
+    `s3://bucket/a/b.png` is (s3://bucket/a, "b.png"). A URL that ends in `/`
+    names a prefix, not an object: StorageError."""
+    head, _, name = url.rstrip().rpartition("/")
+    if not name or head.endswith(":/") or head.endswith(":"):
+        raise StorageError("use", url, "names no object: give its name after the prefix (s3://bucket/prefix/name.png)")
+    return open_location(head, storage_options), name
 
 
 def _check_name(name: str) -> str:
@@ -138,6 +158,11 @@ class Location(ABC):
     @abstractmethod
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         """Write `name`: it appears whole, or not at all (an old one stays whole)."""
+
+    @abstractmethod
+    def write_file_atomic(self, name: str, file: IO[bytes]) -> None:
+        """Write `name` from `file` (read from where it stands to its end), as `write_bytes_atomic` does, without
+        holding it in memory."""
 
     @abstractmethod
     def exists(self, name: str) -> bool: ...
@@ -201,6 +226,16 @@ class LocalLocation(Location):
         path = self._path(name)
         try:
             write_atomically(path, data)
+        except FileNotFoundError:
+            raise StorageError("write", str(path), "the folder does not exist") from None
+        except OSError as exc:
+            raise StorageError("write", str(path), exc.strerror or str(exc)) from None
+
+    def write_file_atomic(self, name: str, file: IO[bytes]) -> None:
+        path = self._path(name)
+        try:
+            with atomic_file(path) as sink:
+                shutil.copyfileobj(file, sink, READ_BLOCK)
         except FileNotFoundError:
             raise StorageError("write", str(path), "the folder does not exist") from None
         except OSError as exc:
@@ -359,12 +394,21 @@ class S3Location(Location):
         return io.BufferedReader(_ObjectStream(file, url), buffer_size=READ_BLOCK)
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
+        self._put(name, data, len(data))
+
+    def write_file_atomic(self, name: str, file: IO[bytes]) -> None:
+        start = file.tell()
+        size = file.seek(0, os.SEEK_END) - start
+        file.seek(start)
+        self._put(name, file, size)  # the SDK streams a file body
+
+    def _put(self, name: str, body: bytes | IO[bytes], size: int) -> None:
         path = self._path(name)
-        if len(data) > SINGLE_PUT_LIMIT:
-            raise StorageError("write", self.url_of(name), f"{len(data)} bytes is more than one PUT can carry")
+        if size > SINGLE_PUT_LIMIT:
+            raise StorageError("write", self.url_of(name), f"{size} bytes is more than one PUT can carry")
         try:
             bucket, key, _ = self.fs.split_path(path)
-            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data)  # one PUT: whole, or nothing
+            self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=body)  # one PUT: whole, or nothing
         except Exception as exc:
             raise _storage_error("write", self.url_of(name), exc) from None
         finally:

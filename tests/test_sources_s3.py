@@ -167,6 +167,74 @@ def test_a_render_of_s3_sources_equals_the_render_of_the_same_files(objects: Obj
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def _object(server: S3Server, bucket: str, key: str) -> bytes:
+    return bytes(server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _keys(server: S3Server, bucket: str) -> list[str]:
+    return sorted(entry["Key"] for entry in server.client().list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+@pytest.mark.parametrize("low_memory", [False, True], ids=["whole", "low-memory"])
+def test_render_writes_one_object_equal_to_the_file_it_would_write(
+    objects: Objects, s3_server: S3Server, tmp_path: Path, calls: list[tuple[str, dict[str, Any]]], low_memory: bool
+) -> None:
+    request = _write(tmp_path / "s3.json", _body(objects.url("fg.png"), objects.url("bg.jpg")))
+    bucket = s3_server.new_bucket()
+    extra = ["--low-memory"] if low_memory else []
+    assert main(["render", str(request), "-o", f"s3://{bucket}/out/a.png", *extra]) == 0
+    assert main(["render", str(request), "-o", str(tmp_path / "a.png"), *extra]) == 0
+    assert _object(s3_server, bucket, "out/a.png") == (tmp_path / "a.png").read_bytes()
+    puts = [params["Key"] for operation, params in calls if operation == "PutObject"]
+    assert puts.count("out/a.png") == 1  # one PUT: the object appears whole or not at all
+    assert not any(operation.startswith(("CreateMultipart", "UploadPart")) for operation, _ in calls)
+    assert _keys(s3_server, bucket) == ["out/a.png"]  # the probe that proved the bucket writable is gone
+
+
+def test_render_into_a_missing_bucket_is_exit_2_naming_it_before_any_source_is_read(
+    objects: Objects, tmp_path: Path, calls: list[tuple[str, dict[str, Any]]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    request = _write(tmp_path / "s3.json", _body(objects.url("fg.png"), objects.url("bg.jpg")))
+    assert main(["render", str(request), "-o", "s3://no-such-bucket-here/out/a.png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("compositor: cannot write s3://no-such-bucket-here/out: the bucket does not exist"), err
+    assert err.count("\n") == 1
+    assert not any(params.get("Key", "").startswith("images/") for _, params in calls)  # no source was read
+
+
+def test_render_with_read_only_keys_is_exit_2_naming_the_url(
+    objects: Objects, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    bucket = s3_server.new_bucket()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.reader_key[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.reader_key[1])
+    request = _write(tmp_path / "s3.json", _body(objects.url("fg.png"), objects.url("bg.jpg")))
+    assert main(["render", str(request), "-o", f"s3://{bucket}/a.png"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"compositor: cannot write s3://{bucket}: access denied: these credentials may not do this here\n"
+    assert _keys(s3_server, bucket) == []
+
+
+@pytest.mark.parametrize("output", ["s3://", "s3://bucket-only", "s3://bucket/prefix/"])
+def test_render_to_a_url_that_names_no_object_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], output: str
+) -> None:
+    request = _write(tmp_path / "body.json", _body(str(FOREGROUND), str(TEMPLATE)))
+    assert main(["render", str(request), "-o", output]) == 2
+    assert (
+        capsys.readouterr().err == f"compositor: cannot use {output}: names no object: give its name after the"
+        " prefix (s3://bucket/prefix/name.png)\n"
+    )
+
+
+def test_a_failed_render_leaves_no_object(objects: Objects, s3_server: S3Server, tmp_path: Path) -> None:
+    bucket = s3_server.new_bucket()
+    request = _write(tmp_path / "body.json", _body(objects.url("fg.png"), objects.url("gone.jpg")))
+    assert main(["render", str(request), "-o", f"s3://{bucket}/a.png"]) == 2
+    assert _keys(s3_server, bucket) == []
+
+
 def test_storage_options_reach_the_store(
     objects: Objects, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

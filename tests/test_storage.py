@@ -5,17 +5,19 @@ moto's S3 server on loopback (tests/s3_server.py), keys checked."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from compositor.storage import StorageError, open_location
+from compositor.storage import StorageError, open_location, open_object
 from tests import s3_server as _s3
 from tests.s3_server import S3Server
 
@@ -56,6 +58,23 @@ def test_a_local_write_that_fails_leaves_the_old_file_whole_and_no_partial(
     assert "No space left on device" in _one_line(caught, str(tmp_path / "a.png"))
     assert (tmp_path / "a.png").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_a_local_write_from_a_file_copies_from_where_it_stands(tmp_path: Path) -> None:
+    spool = io.BytesIO(b"skip:" + b"x" * 100_000)
+    spool.seek(5)
+    open_location(tmp_path).write_file_atomic("a.png", spool)
+    assert (tmp_path / "a.png").read_bytes() == b"x" * 100_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize(
+    ("url", "place", "name"),
+    [("s3://bucket/a/b.png", "s3://bucket/a", "b.png"), ("s3://bucket/b.png", "s3://bucket", "b.png")],
+)
+def test_an_objects_url_is_its_place_and_its_name(url: str, place: str, name: str) -> None:
+    location, found = open_object(url)
+    assert (location.url, found) == (place, name)
 
 
 def test_a_local_listing_matches_the_pattern(tmp_path: Path) -> None:
@@ -190,6 +209,16 @@ def test_an_s3_write_is_one_put_of_the_whole_object(s3_server: S3Server, monkeyp
     place = open_location(f"s3://{bucket}/out")
     place.write_bytes_atomic("big.png", os.urandom(3 * 1024 * 1024))
     assert calls == ["PutObject"]
+
+
+def test_an_s3_write_from_a_file_is_one_put_of_the_rest_of_it(s3_server: S3Server) -> None:
+    bucket = s3_server.new_bucket()
+    data = os.urandom(3 * 1024 * 1024)
+    with tempfile.TemporaryFile() as spool:
+        spool.write(b"skip:" + data)
+        spool.seek(5)
+        open_location(f"s3://{bucket}/out").write_file_atomic("big.png", spool)
+    assert s3_server.client().get_object(Bucket=bucket, Key="out/big.png")["Body"].read() == data
 
 
 def test_a_reader_during_an_s3_overwrite_sees_the_old_or_the_new_object_whole(s3_server: S3Server) -> None:

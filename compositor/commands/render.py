@@ -29,13 +29,19 @@ from compositor.commands.common import (
 if TYPE_CHECKING:
     from compositor.engine import RenderOptions
     from compositor.request import CompositeRequest
+    from compositor.storage import Location
     from compositor.timings import StageTimings
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     render = commands.add_parser("render", help="render a request body to an image")
     render.add_argument("request", help="request body (JSON file, or - for stdin)")
-    render.add_argument("-o", "--output", help="output file (- for stdout); default: the request's name with .png")
+    render.add_argument(
+        "-o",
+        "--output",
+        help="output file (- for stdout), or an object's URL (s3://bucket/prefix/name.png: one PUT, whole or nothing);"
+        " default: the request's name with .png",
+    )
     render.add_argument("--format", choices=("png", "webp", "jpeg"), help="output format (default: from -o, else png)")
     render.add_argument(
         "--png-level", type=int, metavar="0-9", help="zlib level (smaller, slower); default: ISA-L on every core"
@@ -63,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from compositor.removebg import RemovalOptions
     from compositor.request import parse_request
     from compositor.sources import SourcePolicy
+    from compositor.storage import StorageError, is_url, open_object
     from compositor.timings import StageTimings
 
     _prefer_plain_pages()
@@ -77,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
             print("compositor: -o is required when the body comes from stdin", file=sys.stderr)
             return EXIT_UNUSABLE
         output = str(Path(args.request).with_suffix(".png"))
+    place: Location | None = None  # an object's URL: written through its place, as batch writes its results
     try:
+        storage_options = storage_options_of(args)
         encoding = EncodeOptions(
             format=args.format or format_for_path(output) or "png",
             png_level=args.png_level,
@@ -90,13 +99,16 @@ def run(args: argparse.Namespace) -> int:
                 base_dir=base,
                 source_map=read_source_map(args),
                 object_storage=True,  # s3:// sources, with this user's own credentials (AWS_* variables, profiles)
-                storage_options=storage_options_of(args),
+                storage_options=storage_options,
             ),
             removal=RemovalOptions(model=args.model, device=args.device, model_home=args.model_home),
         )
         if args.low_memory and encoding.format != "png":
             raise ValueError(f"--low-memory writes PNG only, not {encoding.format}")
-    except ValueError as exc:
+        if output != "-" and is_url(output):
+            place, name = open_object(output, storage_options)
+            place.check_writable()  # a bucket that refuses writes is known before the render, not after it
+    except (ValueError, StorageError) as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
 
@@ -105,14 +117,24 @@ def run(args: argparse.Namespace) -> int:
     use_one_malloc_arena()
     try:
         if args.low_memory:
-            _render_in_bands(parse_request(body, limits=options.limits), options, output, args.png_level, timings)
+            request = parse_request(body, limits=options.limits)
+            if place is None:
+                _render_in_bands(request, options, output, args.png_level, timings)
+            else:
+                _render_in_bands_to(place, name, request, options, args.png_level, timings)
         else:
             image = render_array(body, options=options, timings=timings)
             release_free_heap()
             with timings.stage("encode"):
                 data = encode(image, encoding)
             with timings.stage("write"):
-                _write(output, data)
+                if place is None:
+                    _write(output, data)
+                else:
+                    place.write_bytes_atomic(name, data)
+    except StorageError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
     except InvalidRequestError as exc:
         print(json.dumps(exc.report.envelope()))
         return EXIT_INVALID
@@ -157,6 +179,30 @@ def _render_in_bands(
     size = request.canvas
     with _opened_output(output) as sink:
         write_png_bands(bands, size.width, size.height, sink, level=level, timings=timings)
+
+
+def _render_in_bands_to(
+    place: Location,
+    name: str,
+    request: CompositeRequest,
+    options: RenderOptions,
+    level: int | None,
+    timings: StageTimings,
+) -> None:
+    """Bands into a local spool file, then that file in one write (one PUT in object storage, which cannot
+    append): memory still grows with the width only, and the object appears whole or not at all."""
+    import tempfile
+
+    from compositor.encode import write_png_bands
+    from compositor.engine import render_bands
+
+    bands = render_bands(request, options=options, timings=timings)
+    size = request.canvas
+    with tempfile.TemporaryFile() as spool:
+        write_png_bands(bands, size.width, size.height, spool, level=level, timings=timings)
+        spool.seek(0)
+        with timings.stage("write"):
+            place.write_file_atomic(name, spool)
 
 
 def _write(output: str, data: bytes) -> None:
