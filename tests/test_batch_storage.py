@@ -1,7 +1,8 @@
 """`compositor batch` with its input and output in object storage: a catalogue
 (a JSONL object, or a prefix of *.json) read from a bucket, each result
 written by the worker that rendered it straight into a bucket (the local pool
-and a Dask LocalCluster), only the outcome coming back to the client, the
+a Dask LocalCluster, and a CLI-started scheduler whose worker is killed with
+-9 mid-batch), only the outcome coming back to the client, the
 report beside the results, `--resume` from the report and the listing, and a
 bucket that refuses writes stopping the batch up front in one line. Against
 moto's S3 server on loopback (tests/s3_server.py), keys checked."""
@@ -13,9 +14,12 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,7 +33,7 @@ from compositor.cli import main
 from tests import s3_server as _s3
 from tests.conftest import loopback_cluster
 from tests.s3_server import S3Server
-from tests.test_batch import body, pixels, rendered_alone, write_jsonl
+from tests.test_batch import BIN, body, cli_cluster, pixels, rendered_alone, wait_until, write_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 s3_server = _s3.s3_server  # the fixture: moto's S3 server on loopback, once for this module
@@ -300,6 +304,58 @@ def test_a_task_run_twice_writes_the_same_bytes_to_the_same_name(s3_server: S3Se
     assert get(s3_server, bucket, "out/x.png") == written
     assert (first.size, first.sha256) == (second.size, second.sha256) == (len(written), sha(written))
     assert keys(s3_server, bucket) == ["out/x.png"]
+
+
+PNG_END = b"IEND\xaeB`\x82"  # the last chunk of every PNG: an object that ends otherwise was seen cut
+
+
+def test_a_worker_killed_mid_batch_into_a_bucket_loses_nothing_and_no_object_is_ever_partial(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """`dask scheduler` and two `dask worker` processes, as a user starts them; one is killed with -9 while the
+    workers write into the bucket. A reader lists and reads the prefix all along."""
+    bucket = s3_server.new_bucket()
+    items = [body(i, side=768) for i in range(48)]
+    source = put_jsonl(s3_server, bucket, "in/bodies.jsonl", items)
+    seen: dict[str, int] = {}
+    partial: list[str] = []
+    stop = threading.Event()
+
+    def read_all_along() -> None:
+        while not stop.is_set():
+            for key in keys(s3_server, bucket, "out/"):
+                with contextlib.suppress(Exception):  # replaced or deleted (the probe) between list and read
+                    data = get(s3_server, bucket, key)
+                    seen[key] = seen.get(key, 0) + 1
+                    if key.endswith(".png") and not data.endswith(PNG_END):
+                        partial.append(key)
+                    if key.endswith(".jsonl") and data and not data.endswith(b"\n"):
+                        partial.append(key)
+
+    reader = threading.Thread(target=read_all_along, daemon=True)
+    with cli_cluster(2) as (address, workers):
+        run = subprocess.Popen(
+            [str(BIN / "compositor"), "batch", source, "-o", f"s3://{bucket}/out/", "--scheduler", address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        reader.start()
+        try:
+            written = lambda: len([k for k in keys(s3_server, bucket, "out/") if k.endswith(".png")])  # noqa: E731
+            wait_until(lambda: written() >= 4 or run.poll() is not None, "four results in the bucket")
+            assert run.poll() is None, "the batch ended before a worker could be killed"
+            os.killpg(workers[0].pid, signal.SIGKILL)
+            _, stderr = run.communicate(timeout=300)
+        finally:
+            stop.set()
+            reader.join(30)
+    assert run.returncode == 0, stderr
+    ids = [f"{i:06d}" for i in range(1, 49)]
+    assert_report_matches_the_objects(s3_server, bucket, "out", ids)  # each id once, size and sha256 of the object
+    assert keys(s3_server, bucket, "out/") == sorted([*(f"out/{i}.png" for i in ids), "out/report.jsonl"])
+    assert partial == [] and len(seen) >= 4, (partial, len(seen))
+    assert np.array_equal(object_pixels(s3_server, bucket, "out/000048.png"), rendered_alone(tmp_path, items[47]))
 
 
 def sha(data: bytes) -> str:
