@@ -1,6 +1,6 @@
 """`compositor batch` with its input and output in object storage: a catalogue
 (a JSONL object, or a prefix of *.json) read from a bucket, each result
-written by the worker that rendered it straight into a bucket (the local pool
+written by the worker that rendered it straight into a bucket (the local pool,
 a Dask LocalCluster, and a CLI-started scheduler whose worker is killed with
 -9 mid-batch), only the outcome coming back to the client, the
 report beside the results, `--resume` from the report and the listing, and a
