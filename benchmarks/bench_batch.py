@@ -180,7 +180,8 @@ def s3_store() -> Iterator[tuple[dict[str, str], Any]]:
 
 def answer_bytes(body: dict[str, Any], work: Path, env: dict[str, str]) -> dict[str, int]:
     """The pickled answer of one item, as it crosses the pool's pipe to the client: the PNG in it when the
-    client writes (a local output), only the outcome when the worker writes (a bucket)."""
+    client writes (a local folder on Dask), only the outcome when the worker writes (a bucket; a local folder on
+    the local pool)."""
     script = (
         "import json, pickle, sys\n"
         "from compositor.batch import render_item\n"

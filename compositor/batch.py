@@ -9,16 +9,22 @@ at most MAX_ITEM_BYTES (a line, or a file of a folder; the cap of a single
 body's `render`): a longer one fails alone (1003 on `body`), read in bounded
 chunks and never held.
 
-Who writes a result depends on the output (a `compositor.storage.Location`):
-- object storage (`s3://bucket/prefix`): the worker that rendered the item
-  writes it there itself (one PUT: whole or nothing) and answers with the
-  outcome only (code, errors, warnings, seconds, and the size and sha256 of
-  what it wrote): no PNG crosses back to the client. A task that runs twice
-  (a lost Dask worker) writes the same bytes to the same name; the client
+The worker that rendered an item writes it wherever it can reach the output
+(a `compositor.storage.Location`), and answers with the outcome only (code,
+errors, warnings, seconds, and the size and sha256 of what it wrote): no PNG
+crosses back to the client.
+- object storage (`s3://bucket/prefix`), on any executor: the worker writes
+  the result there (one PUT: whole or nothing). A task that runs twice (a
+  lost Dask worker) writes the same bytes to the same name; the client
   records each answer once.
-- a local folder: the PNG comes back and this process writes it, as it
-  always has, with the local pool and with Dask alike (a Dask worker may be
-  on a machine whose disk is not this one's).
+- a local folder, on the local pool: the worker writes the result beside
+  its name (`.NAME.XXXXXXXX.partial`) and the client renames it into place
+  and writes its report line in one step that Ctrl-C waits for, so every
+  result in the folder has its line. Partial files of items under way when
+  a batch stops (or of a worker killed mid-write) are removed when it ends,
+  and by the next run (`discard_partials`).
+- a local folder, on Dask: the PNG comes back and this process writes it (a
+  Dask worker may be on a machine whose disk is not this one's).
 
 Each item's warnings (validate's, and pre-flight's from its sources' headers)
 are found on the worker, right before its render, through the render's own
@@ -50,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import pickle
 import signal
 import sys
@@ -63,7 +70,7 @@ from typing import IO, Any
 
 from compositor.catalogue import Item, field_problem
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
-from compositor.files import write_atomically
+from compositor.files import write_atomically, write_beside
 from compositor.signals import signals_noted
 from compositor.sourcemap import SourceMap
 from compositor.storage import LocalLocation, Location, ReportWriter, StorageError, open_location
@@ -77,6 +84,7 @@ RECONNECT_PATIENCE_S = 60.0
 # next waits at least REPORT_CHECKPOINT_SHARE * t, so that a large report costs at most that share of the run.
 REPORT_CHECKPOINT_S = 10.0
 REPORT_CHECKPOINT_SHARE = 10
+PARTIAL_SUFFIX = ".partial"  # a worker's result in a local folder, until the client renames it into place
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,7 @@ class ItemOutcome:
     size: int | None = None  # set when the worker wrote the result
     sha256: str | None = None
     write_error: str | None = None  # the worker could not write it: one line naming the URL
+    partial: str | None = None  # a local folder's result, written beside its name for the client to rename
 
     @property
     def rendered(self) -> bool:
@@ -191,11 +200,20 @@ def render_item(
         return ItemOutcome(None, 1206, [problem], _since(started), warnings)
     if output is None or name is None:
         return ItemOutcome(png, 1000, [], _since(started), warnings)
+    digest = hashlib.sha256(png).hexdigest()
+    if isinstance(output, LocalLocation):  # beside its name: the client renames it, then writes its line
+        target = output.root / name
+        try:
+            partial = write_beside(target, png, PARTIAL_SUFFIX)
+        except OSError as exc:
+            failure = f"cannot write {target}: {exc.strerror or exc}"
+            return ItemOutcome(None, 1000, [], _since(started), warnings, write_error=failure)
+        return ItemOutcome(None, 1000, [], _since(started), warnings, len(png), digest, partial=partial.name)
     try:
         _connected(output).write_bytes_atomic(name, png)
     except StorageError as exc:
         return ItemOutcome(None, 1000, [], _since(started), warnings, write_error=str(exc))
-    return ItemOutcome(None, 1000, [], _since(started), warnings, len(png), hashlib.sha256(png).hexdigest())
+    return ItemOutcome(None, 1000, [], _since(started), warnings, len(png), digest)
 
 
 # The places this worker process writes to, each connected once (a connection per item would cost more than a
@@ -248,13 +266,23 @@ class BatchRun:
 
     def __post_init__(self) -> None:
         self.output: Location = self.outdir if isinstance(self.outdir, Location) else open_location(self.outdir)
-        # Object storage: each worker writes its own result. A folder: the client does (a Dask worker may be on
-        # another machine, with another disk).
-        self.workers_write = not isinstance(self.output, LocalLocation)
+        self._local = isinstance(self.output, LocalLocation)
+        # Each worker writes its own result where it can reach the output: object storage always, a folder on
+        # the local pool. Else (a folder, on Dask) the client does: a Dask worker may be on another machine.
+        self.workers_write = not self._local or self.executor.local_disk
+
+    def discard_partials(self) -> None:
+        """Remove the partial results workers wrote into a local folder and nobody renamed (items under way
+        when a batch stopped, a worker killed mid-write): call it once no worker of this run is left."""
+        if self._local and self.workers_write:
+            assert isinstance(self.output, LocalLocation)
+            for partial in self.output.root.glob(f".*{PARTIAL_SUFFIX}"):
+                partial.unlink(missing_ok=True)
 
     def run(self, items: Iterator[Item]) -> BatchSummary:
         in_flight: dict[Future[ItemOutcome], _Pending] = {}
         try:
+            self.discard_partials()  # a killed run's
             self._report = self._open_report()
         except (OSError, StorageError) as exc:
             self.summary.stopped_by = str(BatchOutputError(self.output.url_of(REPORT_NAME), exc))
@@ -285,7 +313,7 @@ class BatchRun:
         return self.summary
 
     def _open_report(self) -> _ReportLines:
-        if not self.workers_write:  # a folder: appended line by line, as always (a cut last line dropped)
+        if self._local:  # a folder: appended line by line, as always (a cut last line dropped)
             return _ReportLines(self.output.open_report(REPORT_NAME, resume=self.resume))
         if not self.resume:
             return _ReportLines(self.output.open_report(REPORT_NAME))
@@ -339,7 +367,7 @@ class BatchRun:
                     exhausted = True
                 elif item.problem is not None:
                     self._record(item, "failed", 1003, [item.problem], 0.0)
-                elif self.resume and self.workers_write:
+                elif self.resume and not self._local:
                     if item.id in self._listed:
                         self._count("skipped")  # the report lists it done, and its object exists: its line stays
                     else:
@@ -403,6 +431,11 @@ class BatchRun:
         if not outcome.rendered:
             self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds, outcome.warnings)
             return
+        if outcome.partial is not None:  # the worker wrote it beside its name, in a local folder
+            with _ctrl_c_waits():  # a result in the folder always has its report line
+                self._rename(item, outcome.partial)
+                self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
+            return
         if outcome.png is None:  # the worker wrote it
             self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
             return
@@ -422,6 +455,13 @@ class BatchRun:
             self.output.write_bytes_atomic(self._name(item), png)
         except StorageError as exc:
             raise BatchOutputError(self.output.url_of(self._name(item)), exc) from None
+
+    def _rename(self, item: Item, partial: str) -> None:
+        target = self._output(item)
+        try:
+            os.replace(target.parent / partial, target)
+        except OSError as exc:
+            raise BatchOutputError(target, exc) from None
 
     def _name(self, item: Item) -> str:
         return f"{item.id}.png"

@@ -16,8 +16,9 @@ know neither.
 
 Tasks are plain functions of plain arguments (importable on the workers:
 they run the same package) and their answers come back to the caller.
-Nothing here assumes storage shared with the workers: a task that writes
-its own result (batch's, when the output is object storage) is handed the
+Only the local pool's tasks may write into this machine's folders
+(`local_disk`); nothing assumes storage shared with a cluster's workers: a
+task that writes its own result (batch's, into object storage) is handed the
 place to write as an argument (a `compositor.storage.Location`, which
 pickles without its connection: each worker connects with the credentials
 of its own environment) and answers with the outcome only.
@@ -58,6 +59,11 @@ class RenderExecutor(Protocol):
         """How many tasks can run at once now (workers, or the cluster's threads)."""
         ...
 
+    @property
+    def local_disk(self) -> bool:
+        """Whether every worker runs on this machine, so a task may write into this machine's folders."""
+        ...
+
     def wait_until_available(self, timeout: float) -> bool:
         """Whether it takes tasks, waiting up to `timeout` seconds for that (a cluster reconnecting)."""
         ...
@@ -78,6 +84,10 @@ class LocalExecutor:
     @property
     def capacity(self) -> int:
         return self._workers
+
+    @property
+    def local_disk(self) -> bool:
+        return True
 
     def pids(self) -> list[int]:
         return self._pool.pids
@@ -127,6 +137,10 @@ class DaskExecutor:
         from distributed import Client
 
         return Client(self.address, timeout=self._connect_timeout_s, set_as_default=False, loop=self._loop_runner.loop)
+
+    @property
+    def local_disk(self) -> bool:
+        return False  # a worker may be on another machine, with another disk
 
     @property
     def capacity(self) -> int:

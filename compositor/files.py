@@ -29,9 +29,7 @@ def atomic_file(target: Path) -> Iterator[IO[bytes]]:
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
             partial_name = partial.name
             yield partial
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial_name, 0o666 & ~umask)
+        _usual_mode(partial_name)
         os.replace(partial_name, target)
     except BaseException:
         if partial_name:
@@ -43,3 +41,30 @@ def write_atomically(target: Path, data: bytes) -> None:
     """Write `data` as `target`, atomically (see `atomic_file`)."""
     with atomic_file(target) as sink:
         sink.write(data)
+
+
+def write_beside(target: Path, data: bytes, suffix: str) -> Path:
+    """`data` in a new hidden file beside `target` (`.NAME.XXXXXXXX` + `suffix`,
+    in its folder, with the usual mode), for whoever renames it onto `target`
+    later: batch's worker writes a result so, and its client renames it once
+    the item's report line can follow at once. A failed write leaves nothing."""
+    partial_name = ""
+    try:
+        with tempfile.NamedTemporaryFile(
+            dir=target.parent, prefix=f".{target.name}.", suffix=suffix, delete=False
+        ) as partial:
+            partial_name = partial.name
+            partial.write(data)
+        _usual_mode(partial_name)
+    except BaseException:
+        if partial_name:
+            Path(partial_name).unlink(missing_ok=True)
+        raise
+    return Path(partial_name)
+
+
+def _usual_mode(path: str) -> None:
+    """The mode a plain open() would have given (NamedTemporaryFile makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)

@@ -138,8 +138,11 @@ class WorkerPool:
         deadline = time.monotonic() + 5  # for tasks in flight to finish, all together
         for thread in self._threads:
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        for process in list(self._processes.values()):  # still rendering: the server is going away
+        still_running = list(self._processes.values())
+        for process in still_running:  # still rendering: the server is going away
             process.kill()
+        for process in still_running:  # gone before this returns: nothing of theirs is written after it
+            process.join(timeout=5)
 
     def _start(self) -> tuple[multiprocessing.process.BaseProcess, Connection]:
         # The worker starts with SIGINT blocked (a child inherits this thread's mask) until it ignores it

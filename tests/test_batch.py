@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,44 @@ def test_local_results_equal_compositor_render(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for index, item in enumerate(items):
         assert np.array_equal(pixels(tmp_path / "out" / f"{index + 1:06d}.png"), rendered_alone(tmp_path, item))
+
+
+def test_on_the_local_pool_the_workers_write_the_folder_and_only_outcomes_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+    import pickle
+
+    from compositor.batch import BatchRun
+
+    seen: list[Any] = []
+    real = BatchRun._settle
+
+    def spy(self: BatchRun, future: Future[Any], *args: Any) -> None:
+        seen.append(future.result(timeout=0))
+        real(self, future, *args)
+
+    monkeypatch.setattr(BatchRun, "_settle", spy)
+    out = tmp_path / "out"
+    assert main(["batch", str(write_jsonl(tmp_path / "in.jsonl", [body(i, side=512) for i in range(3)])), "-o",
+                 str(out), "--workers", "2"]) == 0, capsys.readouterr().err  # fmt: skip
+    assert len(seen) == 3
+    for outcome in seen:
+        assert outcome.png is None and outcome.partial is not None and len(pickle.dumps(outcome)) < 1024
+    for line in report(out):
+        data = Path(line["output"]).read_bytes()
+        assert (line["size"], line["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "000002.png", "000003.png", "report.jsonl"]
+
+
+def test_partial_results_a_killed_run_left_are_removed_by_the_next(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".000001.png.k1ll3d00.partial").write_bytes(b"\x89PNG cut")
+    (out / "notes.txt").write_text("a user's file stays")
+    done = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "notes.txt", "report.jsonl"]
 
 
 def test_the_report_has_a_line_per_item_and_a_bad_item_stops_nothing(tmp_path: Path) -> None:
@@ -257,29 +296,56 @@ def test_an_unwritable_outdir_is_exit_2_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "cannot write" in done.stderr and "Traceback" not in done.stderr
 
 
+class InlineExecutor:
+    """Runs each task here, at once: what a test patches in this process reaches the "worker" too. Its
+    `local_disk` says whether it stands for the local pool (workers write a local folder) or for Dask."""
+
+    def __init__(self, local_disk: bool) -> None:
+        self.local_disk = local_disk
+        self.capacity = 1
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def wait_until_available(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("local_disk", "writer"), [(True, "write_beside"), (False, "write_atomically")], ids=["worker-writes", "client"]
+)
 def test_a_full_output_disk_stops_with_one_line_and_keeps_what_was_written(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], local_disk: bool, writer: str
 ) -> None:
     import compositor.batch
+    import compositor.executors
 
     written: list[Path] = []
-    real_write = compositor.batch.write_atomically
+    refused: list[Path] = []
+    real_write = getattr(compositor.batch, writer)
 
-    def write_until_full(target: Path, data: bytes) -> None:
+    def write_until_full(target: Path, data: bytes, *args: Any) -> Any:
         if len(written) == 2:
+            refused.append(target)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() on a full disk raises it
-        real_write(target, data)
         written.append(target)
+        return real_write(target, data, *args)
 
-    monkeypatch.setattr(compositor.batch, "write_atomically", write_until_full)
+    monkeypatch.setattr(compositor.batch, writer, write_until_full)
+    monkeypatch.setattr(compositor.executors, "LocalExecutor", lambda *args, **kwargs: InlineExecutor(local_disk))
     source = write_jsonl(tmp_path / "in.jsonl", [body(i) for i in range(6)])
     out = tmp_path / "out"
     assert main(["batch", str(source), "-o", str(out), "--workers", "1"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("compositor:")]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "--resume" in errors[0], errors
-    assert f"cannot write {out / '000003.png'}" in errors[0]
+    assert any(f"cannot write {target}: No space left on device" in errors[0] for target in refused), errors
     assert {line["id"] for line in report(out) if line["status"] == "done"} == {p.stem for p in written}
-    assert sorted(p.name for p in out.glob("*.png")) == ["000001.png", "000002.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(p.name for p in written)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
 
 
@@ -385,6 +451,7 @@ def test_an_answer_after_a_drop_restarts_the_wait_for_the_cluster(tmp_path: Path
 
     class Cluster:  # back at once
         capacity = 1
+        local_disk = False
 
         def submit(self, fn: Any, *args: Any) -> Future[Any]:
             raise AssertionError("not submitted here")
@@ -628,47 +695,57 @@ def test_a_line_with_text_that_is_not_unicode_fails_alone_naming_its_field(tmp_p
     ]
 
 
+@pytest.mark.parametrize("local_disk", [True, False], ids=["worker-wrote", "client-writes"])
 def test_ctrl_c_between_a_result_and_its_report_line_waits_for_the_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_raises: None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_raises: None, local_disk: bool
 ) -> None:
-    """The race behind a flaky run of the Ctrl-C test: SIGINT right after a result was written and before its
-    report line. It now arrives once both are written, so every file on disk is in the report."""
+    """The race behind a flaky run of the Ctrl-C test: SIGINT right after a result was put in place (renamed
+    from the worker's partial file, or written by the client) and before its report line. It now arrives once
+    both are done, so every file in the folder is in the report."""
     import os
     from concurrent.futures import Future
 
     from compositor import batch as batch_module
     from compositor.batch import BatchRun, Item, ItemOutcome, _Pending
 
-    real_write = batch_module.write_atomically
+    def then_ctrl_c(real: Callable[..., None]) -> Callable[..., None]:
+        def step(*args: Any) -> None:
+            real(*args)
+            # The kernel may hand the signal to the bystander thread, whose C handler then runs when that thread
+            # is next scheduled, on a loaded machine after this step (and the block holding the signal) has
+            # ended: it is waited for here (the wakeup fd is written by that C handler), as a real Ctrl-C would
+            # be by then.
+            read_end, write_end = os.pipe()
+            os.set_blocking(write_end, False)
+            previous = signal.set_wakeup_fd(write_end)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C lands: between two steps
+                ready, _, _ = select.select([read_end], [], [], 60)
+                assert ready, "waited 60 s for the SIGINT to reach a thread"
+            finally:
+                signal.set_wakeup_fd(previous)
+                os.close(read_end)
+                os.close(write_end)
 
-    def write_then_ctrl_c(path: Path, data: bytes) -> None:
-        real_write(path, data)
-        # The kernel may hand the signal to the bystander thread, whose C handler then runs when that thread is
-        # next scheduled, on a loaded machine after this step (and the block holding the signal) has ended: it
-        # is waited for here (the wakeup fd is written by that C handler), as a real Ctrl-C would be by then.
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        previous = signal.set_wakeup_fd(write_end)
-        try:
-            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C lands: between two steps
-            ready, _, _ = select.select([read_end], [], [], 60)
-            assert ready, "waited 60 s for the SIGINT to reach a thread"
-        finally:
-            signal.set_wakeup_fd(previous)
-            os.close(read_end)
-            os.close(write_end)
+        return step
 
-    monkeypatch.setattr(batch_module, "write_atomically", write_then_ctrl_c)
+    if local_disk:
+        monkeypatch.setattr(BatchRun, "_rename", then_ctrl_c(BatchRun._rename))
+        (tmp_path / ".a.png.x.partial").write_bytes(b"\x89PNG whole")
+        outcome = ItemOutcome(None, 1000, [], 0.1, [], 11, "0" * 64, partial=".a.png.x.partial")
+    else:
+        monkeypatch.setattr(batch_module, "write_atomically", then_ctrl_c(batch_module.write_atomically))
+        outcome = ItemOutcome(b"\x89PNG whole", 1000, [], 0.1)
     # Other threads, as a real batch has (its executor's), may be the ones the kernel hands the signal to.
     busy = threading.Event()
     bystander = threading.Thread(target=busy.wait, daemon=True)
     bystander.start()
-    run = BatchRun(tmp_path, executor=None)  # type: ignore[arg-type]  # _settle never submits here
-    run._report = io.StringIO()
+    run = BatchRun(tmp_path, executor=InlineExecutor(local_disk))
+    run._report = io.StringIO()  # type: ignore[assignment]
     answered: Future[ItemOutcome] = Future()
-    answered.set_result(ItemOutcome(b"\x89PNG whole", 1000, [], 0.1))
+    answered.set_result(outcome)
     with pytest.raises(KeyboardInterrupt):
         run._settle(answered, _Pending(Item("a", {}, str(tmp_path))), {})
-    assert (tmp_path / "a.png").is_file()
+    assert (tmp_path / "a.png").read_bytes() == b"\x89PNG whole"
     busy.set()
     assert [json.loads(line)["id"] for line in run._report.getvalue().splitlines()] == ["a"]

@@ -154,6 +154,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     finally:
         executor.shutdown()
+        run.discard_partials()  # of items under way at a stop: no worker is left to finish them
     report = run.output.url_of(REPORT_NAME)
     counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped"
     line = f"{counts}, {summary.warned} with warnings; report in {report}"
