@@ -49,3 +49,39 @@ def test_the_rate_window_slides() -> None:
         accounts.check_rate(client, now=59.0)
     assert caught.value.code == 1005
     accounts.check_rate(client, now=60.5)
+
+
+def _as_documented(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_each_documented_default_is_the_value_load_uses() -> None:
+    from compositor.mirror.settings import SETTINGS
+
+    plain = [setting for setting in SETTINGS if setting.value is not None]
+    assert len(plain) >= 10
+    for setting in plain:
+        assert setting.default.split(" (")[0] == _as_documented(setting.value), setting.key
+
+
+def test_with_nothing_set_the_mirror_has_the_tables_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from compositor.mirror.settings import BY_KEY
+
+    monkeypatch.chdir(tmp_path)  # the default data dir, "data", lands here
+    loaded = config.load({}, environ={})
+    settings, retry = loaded.settings, loaded.settings.webhook_retry
+    value = {key: setting.value for key, setting in BY_KEY.items()}
+    assert (loaded.host, loaded.port, settings.data_dir) == (value["host"], value["port"], Path(value["data_dir"]))
+    assert (settings.result_ttl_s, settings.model) == (value["result_ttl"], value["model"])
+    assert settings.memory_budget == value["memory_budget_mb"] * 1024 * 1024
+    assert settings.allow_object_storage is value["allow_object_storage"]
+    assert (settings.expiry_interval_s, settings.body_limit) == (value["expiry_interval_s"], value["max_body_bytes"])
+    assert settings.source_deadline_s == value["source_deadline_s"]
+    assert (retry.attempts, retry.first_delay_s, retry.max_delay_s, retry.timeout_s) == (
+        value["webhook_attempts"], value["webhook_first_delay_s"], value["webhook_max_delay_s"],
+        value["webhook_timeout_s"],
+    )  # fmt: skip

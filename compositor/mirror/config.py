@@ -25,7 +25,7 @@ from compositor.sourcemap import SourceMap, SourceMapError, load_source_map
 from compositor.storage import StorageError, open_location
 from compositor.weights import model_names
 
-DEFAULT_PORT = 8080
+_TABLES = object()  # pick()'s default: the settings table's value
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures"
 
 
@@ -78,8 +78,11 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     config_path = flags.get("config") or environ.get(_env("config"))
     file = _read_config_file(Path(config_path)) if config_path else {}
 
-    def pick(name: str, default: Any, convert: Any = str) -> Any:
-        """A setting (`settings.py`): its flag, else its variable, else the config file, else `default`."""
+    def pick(name: str, default: Any = _TABLES, convert: Any = str) -> Any:
+        """A setting (`settings.py`): its flag, else its variable, else the config file, else `default` (the
+        table's value unless worked out here)."""
+        if default is _TABLES:
+            default = BY_KEY[name].value
         env = _env(name)
         if flags.get(name) is not None:
             return flags[name]
@@ -87,11 +90,11 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
             return convert(environ[env])
         return file.get(name, default)
 
-    host = pick("host", "127.0.0.1")
-    port = int(pick("port", DEFAULT_PORT, int))
-    data_dir = Path(pick("data_dir", "data"))
+    host = pick("host")
+    port = int(pick("port", convert=int))
+    data_dir = Path(pick("data_dir"))
     workers = int(pick("workers", os.cpu_count() or 1, int))
-    ttl = float(pick("result_ttl", 7 * 24 * 3600, float))
+    ttl = float(pick("result_ttl", convert=float))
     public_url = pick("public_url", None)
     roots = flags.get("allow_file_root") or [p for p in environ.get(_env("allow_file_roots"), "").split(":") if p]
     roots = roots or file.get("allow_file_roots", [])
@@ -99,8 +102,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     # can call a loopback-bound server, so there they are its user's own.
     allow_private = _flag(pick("allow_private_networks", is_loopback_name(host)))
     # s3:// sources, read with the operator's own credentials: only where the operator says so.
-    allow_object_storage = _flag(pick("allow_object_storage", False))
-    budget_mb = float(pick("memory_budget_mb", 2048, float))
+    allow_object_storage = _flag(pick("allow_object_storage"))
+    budget_mb = float(pick("memory_budget_mb", convert=float))
     if not math.isfinite(budget_mb) or budget_mb < 0:
         raise ConfigError(f"the memory budget must be a number of MB, 0 or more, not {budget_mb}")
     if not 0 < port < 65536:
@@ -155,7 +158,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
             if (FIXTURES / "source-map.json").is_file():
                 source_map = load_source_map(FIXTURES / "source-map.json").merged(source_map)
 
-    model = pick("model", "u2netp")
+    model = pick("model")
     known_models = model_names()
     if model not in known_models:
         raise ConfigError(f"unknown removeBg model {model!r}; known: {', '.join(known_models)}")
@@ -183,7 +186,7 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         workers=max(1, workers),
         result_ttl_s=ttl,
         file_roots=tuple(Path(p).resolve() for p in roots),
-        expiry_interval_s=float(file.get("expiry_interval_s", 60.0)),
+        expiry_interval_s=float(file.get("expiry_interval_s", BY_KEY["expiry_interval_s"].value)),
         memory_budget=int(budget_mb * MB) if budget_mb > 0 else None,
         allow_private=allow_private,
         allow_object_storage=allow_object_storage,
@@ -197,13 +200,13 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
         preflight=preflight,
         results=results,
         storage_options=storage_options,
-        body_limit=int(file.get("max_body_bytes", MB)),
-        source_deadline_s=float(file.get("source_deadline_s", 30.0)),
+        body_limit=int(file.get("max_body_bytes", BY_KEY["max_body_bytes"].value)),
+        source_deadline_s=float(file.get("source_deadline_s", BY_KEY["source_deadline_s"].value)),
         webhook_retry=RetryPolicy(
-            attempts=int(file.get("webhook_attempts", 8)),
-            first_delay_s=float(file.get("webhook_first_delay_s", 1.0)),
-            max_delay_s=float(file.get("webhook_max_delay_s", 60.0)),
-            timeout_s=float(file.get("webhook_timeout_s", 10.0)),
+            attempts=int(file.get("webhook_attempts", BY_KEY["webhook_attempts"].value)),
+            first_delay_s=float(file.get("webhook_first_delay_s", BY_KEY["webhook_first_delay_s"].value)),
+            max_delay_s=float(file.get("webhook_max_delay_s", BY_KEY["webhook_max_delay_s"].value)),
+            timeout_s=float(file.get("webhook_timeout_s", BY_KEY["webhook_timeout_s"].value)),
         ),
     )
     return ServeConfig(host, port, settings, development, development_is_new)

@@ -21,13 +21,21 @@ class Setting:
     help: str
     in_file: bool = True  # whether the config file may set it
     commands: str = "serve"  # the commands that read it
+    value: Any = None  # what `config.load` uses when nothing sets it (None: nothing, or worked out as it loads)
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("config", "--config", "COMPOSITOR_CONFIG", "none", "a TOML file holding any of the settings below", False),
-    Setting("host", "--host", "COMPOSITOR_HOST", "127.0.0.1", "the address to listen on"),
-    Setting("port", "--port", "COMPOSITOR_PORT", "8080", "the port to listen on"),
-    Setting("data_dir", "--data-dir", "COMPOSITOR_DATA_DIR", "data", "where jobs, results and uploads are kept"),
+    Setting("host", "--host", "COMPOSITOR_HOST", "127.0.0.1", "the address to listen on", value="127.0.0.1"),
+    Setting("port", "--port", "COMPOSITOR_PORT", "8080", "the port to listen on", value=8080),
+    Setting(
+        "data_dir",
+        "--data-dir",
+        "COMPOSITOR_DATA_DIR",
+        "data",
+        "where jobs, results and uploads are kept",
+        value="data",
+    ),
     Setting(
         "client",
         "--client",
@@ -55,7 +63,14 @@ SETTINGS: tuple[Setting, ...] = (
         " variables, a profile or the machine's role); in the file, a `[storage_options]` table",
     ),
     Setting("workers", "--workers", "COMPOSITOR_WORKERS", "one per core", "render worker processes"),
-    Setting("result_ttl", "--result-ttl", "COMPOSITOR_RESULT_TTL", "604800 (7 days)", "seconds a result is kept"),
+    Setting(
+        "result_ttl",
+        "--result-ttl",
+        "COMPOSITOR_RESULT_TTL",
+        "604800 (7 days)",
+        "seconds a result is kept",
+        value=7 * 24 * 3600,
+    ),
     Setting(
         "public_url",
         "--public-url",
@@ -86,6 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
         "whether bodies may name s3:// sources; off because the mirror reads them with its operator's own"
         " credentials (AWS_* variables, profiles, the machine's role), so a caller could read the operator's"
         " buckets; turn it on only where every caller may read all of them",
+        value=False,
     ),
     Setting(
         "memory_budget_mb",
@@ -93,6 +109,7 @@ SETTINGS: tuple[Setting, ...] = (
         "COMPOSITOR_MEMORY_BUDGET_MB",
         "2048",
         "MB a job or preview may use, reserved from the image headers before decoding; 0 for none",
+        value=2048,
     ),
     Setting(
         "page_hosts",
@@ -108,7 +125,7 @@ SETTINGS: tuple[Setting, ...] = (
         "none (the fixtures' map in development mode)",
         "a JSON file from URLs (or URL prefixes ending in /) to local files or folders, read instead of fetched",
     ),
-    Setting("model", "--model", "COMPOSITOR_MODEL", "u2netp", "the removeBg model of every job"),
+    Setting("model", "--model", "COMPOSITOR_MODEL", "u2netp", "the removeBg model of every job", value="u2netp"),
     Setting(
         "model_home",
         "--model-home",
@@ -165,19 +182,31 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", "--log-level", "COMPOSITOR_LOG_LEVEL", "info", "debug, info, warning or error", False),
     Setting("log_format", "--log-format", "COMPOSITOR_LOG_FORMAT", "text", "text, or json (a line each)", False),
-    Setting("expiry_interval_s", None, None, "60", "seconds between looks for expired results"),
-    Setting("max_body_bytes", None, None, "1048576 (1 MiB)", "the cap on an API request's body (413 over it)"),
-    Setting("source_deadline_s", None, None, "30", "seconds for one whole source download, redirects included"),
-    Setting("webhook_attempts", None, None, "8", "attempts at one webhook notice before it is abandoned"),
-    Setting("webhook_first_delay_s", None, None, "1", "seconds before a notice's first retry (then doubling)"),
+    Setting("expiry_interval_s", None, None, "60", "seconds between looks for expired results", value=60.0),
+    Setting(
+        "max_body_bytes",
+        None,
+        None,
+        "1048576 (1 MiB)",
+        "the cap on an API request's body (413 over it)",
+        value=1024 * 1024,
+    ),
+    Setting(
+        "source_deadline_s", None, None, "30", "seconds for one whole source download, redirects included", value=30.0
+    ),
+    Setting("webhook_attempts", None, None, "8", "attempts at one webhook notice before it is abandoned", value=8),
+    Setting(
+        "webhook_first_delay_s", None, None, "1", "seconds before a notice's first retry (then doubling)", value=1.0
+    ),
     Setting(
         "webhook_max_delay_s",
         None,
         None,
         "60",
         "the longest wait between retries, and between a failing receiver's lane's attempts",
+        value=60.0,
     ),
-    Setting("webhook_timeout_s", None, None, "10", "seconds for one whole delivery attempt"),
+    Setting("webhook_timeout_s", None, None, "10", "seconds for one whole delivery attempt", value=10.0),
 )
 
 BY_KEY = {setting.key: setting for setting in SETTINGS}
