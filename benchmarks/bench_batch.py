@@ -12,6 +12,13 @@ Then the same 200 renders into a bucket (moto's S3 server on 127.0.0.1, in
 this process: a stand-in for a real store, slower than one), where each
 worker writes its own results: 1 and 2 workers.
 
+Each comparison runs in a phase of its own, with only what it compares
+alive (the local pool with 1 and 2 workers; each cluster beside the local
+pool with 2 workers, its overhead taken against that phase's local runs;
+the bucket with 1 and 2 workers). In a phase every run is warmed once, then
+timed in rounds (3 by default) of all its runs in turn, so a machine that
+drifts weighs on each alike; each figure is the median of its rounds.
+
 Printed: items per second, the cluster's per-item overhead against the local
 pool (goal: under 10%), the 1-to-2-worker speed-up (goal: at least 1.7x; at
 least 1.8x with the workers writing to the bucket), the bytes of one item's
@@ -32,6 +39,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,44 +228,69 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "batch.json")
     parser.add_argument("--no-s3", action="store_true", help="leave out the runs into a bucket")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every run, alternating (default 3)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     files = workloads(work)
     timed = ("200 renders 1024", "20 removeBg")
     results: dict[str, Any] = {"cores": os.cpu_count(), "machine": machine(), "runs": {}}
 
-    def measure(name: str, *extra: str) -> None:
-        results["runs"][name] = {}
-        for workload in timed:
-            count = 200 if workload.startswith("200") else 20
-            run_batch(files[workload], work / "warm", *extra)  # warm: caches, the model in every worker
-            seconds = run_batch(files[workload], work / "out", *extra)
-            results["runs"][name][workload] = {"seconds": seconds, "items_per_s": count / seconds}
+    # Each comparison is timed in a phase of its own, with only what it compares alive: a cluster idling beside
+    # a run (its heartbeats, the harness's event loop) costs that run CPU on 2 cores. Within a phase, each round
+    # runs every configuration in turn, so a machine that drifts weighs on each alike; each figure is the median
+    # of its rounds. The clusters' overheads are against the local pool's runs of their own phase.
+    Run = tuple[str, tuple[str, ...], str, "dict[str, str] | None", tuple[str, ...]]
+    renders_only = ("200 renders 1024",)  # the runs into a bucket time the renders only
+    local_1: Run = ("local pool, 1 worker", ("--workers", "1"), "", None, timed)
+    local_2: Run = ("local pool, 2 workers", ("--workers", "2"), "", None, timed)
 
-    measure("local pool, 1 worker", "--workers", "1")
-    measure("local pool, 2 workers", "--workers", "2")
-    with local_cluster() as address:
-        measure("Dask LocalCluster, 2 workers", "--scheduler", address)
-    with cli_cluster() as address:
-        measure("dask scheduler + dask worker CLI, 2", "--scheduler", address)
+    def phase(runs: list[Run]) -> dict[str, dict[str, dict[str, Any]]]:
+        def one(run: Run, workload: str, folder: str) -> float:
+            _, extra, where, env, _ = run
+            return run_batch(files[workload], f"{where}{folder}/" if where else work / folder, *extra, env=env)
+
+        samples: dict[str, dict[str, list[float]]] = {run[0]: {w: [] for w in run[4]} for run in runs}
+        for run in runs:
+            for workload in run[4]:
+                one(run, workload, "warm")  # warm: caches, the model in every worker
+        for _ in range(args.rounds):
+            for run in runs:
+                for workload in run[4]:
+                    samples[run[0]][workload].append(one(run, workload, "out"))
+        measured: dict[str, dict[str, dict[str, Any]]] = {}
+        for name, by_workload in samples.items():
+            measured[name] = {}
+            for workload, seconds in by_workload.items():
+                count = 200 if workload.startswith("200") else 20
+                middle = statistics.median(seconds)
+                measured[name][workload] = {"seconds": middle, "items_per_s": count / middle, "rounds": seconds}
+        return measured
+
+    results["runs"] |= phase([local_1, local_2])
+    results["baselines"] = {}
+    for name, cluster in (("Dask LocalCluster, 2 workers", local_cluster), ("dask scheduler + dask worker CLI, 2",
+                                                                             cli_cluster)):  # fmt: skip
+        with cluster() as address:
+            measured = phase([local_2, (name, ("--scheduler", address), "", None, timed)])
+        results["runs"][name] = measured[name]
+        results["baselines"][name] = measured[local_2[0]]  # the local pool beside it, in its phase
     if not args.no_s3:
         with s3_store() as (env, _):
-            renders = "200 renders 1024"
-            for name, workers in (
-                ("local pool, 1 worker, into a bucket", "1"),
-                ("local pool, 2 workers, into a bucket", "2"),
-            ):
-                run_batch(files[renders], "s3://bench/warm/", "--workers", workers, env=env)
-                seconds = run_batch(files[renders], "s3://bench/out/", "--workers", workers, env=env)
-                results["runs"][name] = {renders: {"seconds": seconds, "items_per_s": 200 / seconds}}
-            first = json.loads(files[renders].read_text().splitlines()[0])
+            results["runs"] |= phase(
+                [
+                    ("local pool, 1 worker, into a bucket", ("--workers", "1"), "s3://bench/", env, renders_only),
+                    ("local pool, 2 workers, into a bucket", ("--workers", "2"), "s3://bench/", env, renders_only),
+                ]
+            )
+            first = json.loads(files["200 renders 1024"].read_text().splitlines()[0])
             results["client_bytes_per_item_1024"] = answer_bytes(first, work, env)
     tiny_kib = bench_render.run_process(
         [str(BIN / "compositor"), "batch", str(files["10000 tiny"]), "-o", str(work / "tiny"), "--workers", "2"]
     )
     results["client_peak_mb_10000_items"] = tiny_kib / 1024
 
-    print(f"{os.cpu_count()} cores; each run warmed once, then timed; the CLI as a user runs it\n")
+    print(f"{os.cpu_count()} cores; each run warmed once, then {args.rounds} rounds of its phase's runs in turn,"
+          " medians; the CLI as a user runs it\n")  # fmt: skip
     print(f"{'run':38} " + " ".join(f"{w:>22}" for w in timed))
     for name, entry in results["runs"].items():
         cells = " ".join(
@@ -269,8 +302,9 @@ def main() -> int:
     local = runs["local pool, 2 workers"]
     goals = []
     for cluster in ("Dask LocalCluster, 2 workers", "dask scheduler + dask worker CLI, 2"):
+        beside = results["baselines"][cluster]
         for workload in timed:
-            overhead = runs[cluster][workload]["seconds"] / local[workload]["seconds"] - 1
+            overhead = runs[cluster][workload]["seconds"] / beside[workload]["seconds"] - 1
             goals.append((f"per-item overhead, {cluster}, {workload}", overhead, 0.10))
     for workload in timed:
         speedup = local[workload]["items_per_s"] / runs["local pool, 1 worker"][workload]["items_per_s"]

@@ -450,7 +450,9 @@ def _batch(result: dict[str, Any]) -> list[str]:
         f"## {TITLES['batch.json']}",
         "",
         "`benchmarks/bench_batch.py`: `compositor batch` as a user runs it, on the local pool and on Dask;"
-        " each run warmed once, then timed.",
+        " each comparison in a phase of its own, each run warmed once, then timed in rounds of its phase's runs in"
+        " turn; each figure is the median of its rounds (a cluster's overhead is against the local pool of its"
+        " phase).",
         "",
         *_measured(result),
         *_table(headers, rows),
