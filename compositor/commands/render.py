@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,10 +28,7 @@ from compositor.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from compositor.engine import RenderOptions
-    from compositor.request import CompositeRequest
     from compositor.storage import Location
-    from compositor.timings import StageTimings
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -62,8 +60,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compositor.encode import EncodeOptions, encode, format_for_path
-    from compositor.engine import RenderOptions, render_array
+    from compositor.encode import EncodeOptions, encode, format_for_path, write_png_bands
+    from compositor.engine import RenderOptions, render_array, render_bands
     from compositor.errors import CompositorError, InvalidRequestError
     from compositor.heap import release_free_heap, use_one_malloc_arena
     from compositor.removebg import RemovalOptions
@@ -117,11 +115,20 @@ def run(args: argparse.Namespace) -> int:
     use_one_malloc_arena()
     try:
         if args.low_memory:
+            # Each band is blended, encoded and written before the next; the body is checked and the sources
+            # decoded first, so a bad one fails before any output is opened.
             request = parse_request(body, limits=options.limits)
+            bands = render_bands(request, options=options, timings=timings)
+            width, height = request.canvas.width, request.canvas.height
             if place is None:
-                _render_in_bands(request, options, output, args.png_level, timings)
-            else:
-                _render_in_bands_to(place, name, request, options, args.png_level, timings)
+                with _opened_output(output) as sink:
+                    write_png_bands(bands, width, height, sink, level=args.png_level, timings=timings)
+            else:  # into a local spool file, then that file in one PUT (object storage cannot append)
+                with tempfile.TemporaryFile() as spool:
+                    write_png_bands(bands, width, height, spool, level=args.png_level, timings=timings)
+                    spool.seek(0)
+                    with timings.stage("write"):
+                        place.write_file_atomic(name, spool)
         else:
             image = render_array(body, options=options, timings=timings)
             release_free_heap()
@@ -164,45 +171,6 @@ def _prefer_plain_pages() -> None:
     setter = getattr(getattr(np, "_core", None), "multiarray", None)
     if setter is not None and hasattr(setter, "_set_madvise_hugepage"):
         setter._set_madvise_hugepage(False)
-
-
-def _render_in_bands(
-    request: CompositeRequest, options: RenderOptions, output: str, level: int | None, timings: StageTimings
-) -> None:
-    """Each band is blended, encoded and written before the next: the body is
-    checked and the sources decoded first, so a bad one fails before any
-    output is opened."""
-    from compositor.encode import write_png_bands
-    from compositor.engine import render_bands
-
-    bands = render_bands(request, options=options, timings=timings)
-    size = request.canvas
-    with _opened_output(output) as sink:
-        write_png_bands(bands, size.width, size.height, sink, level=level, timings=timings)
-
-
-def _render_in_bands_to(
-    place: Location,
-    name: str,
-    request: CompositeRequest,
-    options: RenderOptions,
-    level: int | None,
-    timings: StageTimings,
-) -> None:
-    """Bands into a local spool file, then that file in one write (one PUT in object storage, which cannot
-    append): memory still grows with the width only, and the object appears whole or not at all."""
-    import tempfile
-
-    from compositor.encode import write_png_bands
-    from compositor.engine import render_bands
-
-    bands = render_bands(request, options=options, timings=timings)
-    size = request.canvas
-    with tempfile.TemporaryFile() as spool:
-        write_png_bands(bands, size.width, size.height, spool, level=level, timings=timings)
-        spool.seek(0)
-        with timings.stage("write"):
-            place.write_file_atomic(name, spool)
 
 
 def _write(output: str, data: bytes) -> None:
