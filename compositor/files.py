@@ -24,17 +24,8 @@ def atomic_file(target: Path) -> Iterator[IO[bytes]]:
         with target.open("wb") as special:
             yield special
         return
-    partial_name = ""
-    try:
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as partial:
-            partial_name = partial.name
-            yield partial
-        _usual_mode(partial_name)
-        os.replace(partial_name, target)
-    except BaseException:
-        if partial_name:
-            Path(partial_name).unlink(missing_ok=True)
-        raise
+    with _hidden_beside(target, "", rename=True) as partial:
+        yield partial
 
 
 def write_atomically(target: Path, data: bytes) -> None:
@@ -48,19 +39,30 @@ def write_beside(target: Path, data: bytes, suffix: str) -> Path:
     in its folder, with the usual mode), for whoever renames it onto `target`
     later: batch's worker writes a result so, and its client renames it once
     the item's report line can follow at once. A failed write leaves nothing."""
+    with _hidden_beside(target, suffix, rename=False) as partial:
+        partial.write(data)
+    return Path(partial.name)
+
+
+@contextmanager
+def _hidden_beside(target: Path, suffix: str, *, rename: bool) -> Iterator[IO[bytes]]:
+    """A new file `.NAME.XXXXXXXX` + `suffix` in `target`'s folder, given the
+    usual mode once the block ends and, with `rename`, renamed onto `target`.
+    If the block or either step fails, nothing is left of it."""
     partial_name = ""
     try:
         with tempfile.NamedTemporaryFile(
             dir=target.parent, prefix=f".{target.name}.", suffix=suffix, delete=False
         ) as partial:
             partial_name = partial.name
-            partial.write(data)
+            yield partial
         _usual_mode(partial_name)
+        if rename:
+            os.replace(partial_name, target)
     except BaseException:
         if partial_name:
             Path(partial_name).unlink(missing_ok=True)
         raise
-    return Path(partial_name)
 
 
 def _usual_mode(path: str) -> None:

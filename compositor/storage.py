@@ -48,11 +48,11 @@ import secrets
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from compositor.files import atomic_file, write_atomically
+from compositor.files import atomic_file
 
 __all__ = ["Location", "ReportWriter", "StorageError", "is_url", "open_location", "open_object"]
 
@@ -223,19 +223,20 @@ class LocalLocation(Location):
             raise StorageError("read", str(path), exc.strerror or str(exc)) from None
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        try:
-            write_atomically(path, data)
-        except FileNotFoundError:
-            raise StorageError("write", str(path), "the folder does not exist") from None
-        except OSError as exc:
-            raise StorageError("write", str(path), exc.strerror or str(exc)) from None
+        with self._writing(name) as sink:
+            sink.write(data)
 
     def write_file_atomic(self, name: str, file: IO[bytes]) -> None:
+        with self._writing(name) as sink:
+            shutil.copyfileobj(file, sink, READ_BLOCK)
+
+    @contextlib.contextmanager
+    def _writing(self, name: str) -> Iterator[IO[bytes]]:
+        """`atomic_file` for `name`, its OSErrors as StorageErrors naming the path."""
         path = self._path(name)
         try:
             with atomic_file(path) as sink:
-                shutil.copyfileobj(file, sink, READ_BLOCK)
+                yield sink
         except FileNotFoundError:
             raise StorageError("write", str(path), "the folder does not exist") from None
         except OSError as exc:
