@@ -24,8 +24,11 @@ pool (goal: under 10%), the 1-to-2-worker speed-up (goal: at least 1.7x; at
 least 1.8x with the workers writing to the bucket), the bytes of one item's
 answer that reach the client (pickled, as they cross the pool's pipe: goal
 under 2 KB when the workers write), and the client's peak RSS for 10,000
-tiny items (through GNU time). Writes benchmarks/results/batch.json and
-docs/bench-batch.png. `--no-s3` leaves the bucket runs out.
+tiny items (through GNU time). For the local pool's runs it also prints
+the cores each kept busy (the CPU seconds of the batch's process tree, its
+workers included, over its wall seconds), and from that the most that 1 to
+2 workers can gain on this machine. Writes benchmarks/results/batch.json
+and docs/bench-batch.png. `--no-s3` leaves the bucket runs out.
 
     .venv/bin/python benchmarks/bench_batch.py
 """
@@ -36,6 +39,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -132,9 +136,19 @@ def cli_cluster() -> Iterator[str]:
             process.wait(30)
 
 
-def run_batch(source: Path, outdir: Path | str, *extra: str, env: dict[str, str] | None = None) -> float:
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_batch(
+    source: Path, outdir: Path | str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[float, float, float]:
+    """Wall seconds; CPU seconds of the batch's process tree (its client and, on the local pool, its workers,
+    which it reaps); CPU seconds of this process meanwhile (moto's S3 server, when one runs here)."""
     if isinstance(outdir, Path):
         shutil.rmtree(outdir, ignore_errors=True)
+    tree, harness = cpu_seconds(resource.RUSAGE_CHILDREN), cpu_seconds(resource.RUSAGE_SELF)
     started = time.perf_counter()
     done = subprocess.run(
         [str(BIN / "compositor"), "batch", str(source), "-o", str(outdir), *extra],
@@ -146,7 +160,11 @@ def run_batch(source: Path, outdir: Path | str, *extra: str, env: dict[str, str]
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"batch failed: {done.stderr[-500:]}")
-    return seconds
+    return (
+        seconds,
+        cpu_seconds(resource.RUSAGE_CHILDREN) - tree,
+        cpu_seconds(resource.RUSAGE_SELF) - harness,
+    )
 
 
 @contextlib.contextmanager
@@ -205,18 +223,37 @@ def answer_bytes(body: dict[str, Any], work: Path, env: dict[str, str]) -> dict[
     return dict(json.loads(done.stdout))
 
 
+def scaling(runs: dict[str, Any], cores: int) -> dict[str, dict[str, Any]]:
+    """For 200 renders into a folder and into a bucket: the cores that 1 and 2 workers kept busy (their process
+    tree's CPU seconds over wall seconds), the most 1 -> 2 workers could gain at the same CPU seconds (2 workers
+    cannot keep more than the machine's cores busy), and the gain in each round (the two runs of a round are
+    neighbours in time, so a machine that drifts shows as the spread between rounds)."""
+    measured = {}
+    for place, suffix in (("local folder", ""), ("bucket", ", into a bucket")):
+        one, two = (runs.get(f"local pool, {n}{suffix}", {}).get("200 renders 1024") for n in ("1 worker", "2 workers"))
+        if not one or not two or "cores_busy" not in one:
+            continue
+        measured[place] = {
+            "cores_busy_1": one["cores_busy"],
+            "cores_busy_2": two["cores_busy"],
+            "ceiling": min(2, cores) / one["cores_busy"],
+            "rounds": [a / b for a, b in zip(one["rounds"], two["rounds"], strict=True)],
+        }
+    return measured
+
+
 def plot(results: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(results["runs"])
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 3.8), width_ratios=(6, 5))
     for axis, workload in zip(axes, ("200 renders 1024", "20 removeBg"), strict=True):
-        rates = [results["runs"][n].get(workload, {}).get("items_per_s", 0.0) for n in names]
+        names = [n for n, run in results["runs"].items() if workload in run]  # the bucket runs: renders only
+        rates = [results["runs"][n][workload]["items_per_s"] for n in names]
         axis.barh(names, rates, color="#4a7ab5")
-        axis.set_title(f"{workload}: items per second (2 cores)")
+        axis.set_title(f"{workload}: items/s ({results['cores']} cores)")
         for y, rate in enumerate(rates):
             axis.text(rate, y, f" {rate:.1f}", va="center")
         axis.set_xlim(0, max(rates) * 1.25)
@@ -245,11 +282,13 @@ def main() -> int:
     local_2: Run = ("local pool, 2 workers", ("--workers", "2"), "", None, timed)
 
     def phase(runs: list[Run]) -> dict[str, dict[str, dict[str, Any]]]:
-        def one(run: Run, workload: str, folder: str) -> float:
+        def one(run: Run, workload: str, folder: str) -> tuple[float, float, float]:
             _, extra, where, env, _ = run
             return run_batch(files[workload], f"{where}{folder}/" if where else work / folder, *extra, env=env)
 
-        samples: dict[str, dict[str, list[float]]] = {run[0]: {w: [] for w in run[4]} for run in runs}
+        samples: dict[str, dict[str, list[tuple[float, float, float]]]] = {
+            run[0]: {w: [] for w in run[4]} for run in runs
+        }
         for run in runs:
             for workload in run[4]:
                 one(run, workload, "warm")  # warm: caches, the model in every worker
@@ -258,12 +297,20 @@ def main() -> int:
                 for workload in run[4]:
                     samples[run[0]][workload].append(one(run, workload, "out"))
         measured: dict[str, dict[str, dict[str, Any]]] = {}
-        for name, by_workload in samples.items():
+        for run in runs:
+            name, extra = run[0], run[1]
             measured[name] = {}
-            for workload, seconds in by_workload.items():
+            for workload, rounds in samples[name].items():
                 count = 200 if workload.startswith("200") else 20
+                seconds = [wall for wall, _, _ in rounds]
                 middle = statistics.median(seconds)
-                measured[name][workload] = {"seconds": middle, "items_per_s": count / middle, "rounds": seconds}
+                entry: dict[str, Any] = {"seconds": middle, "items_per_s": count / middle, "rounds": seconds}
+                if "--scheduler" not in extra:  # on Dask the workers are not in the batch's process tree
+                    entry["cores_busy"] = statistics.median(cpu / wall for wall, cpu, _ in rounds)
+                    entry["cpu_seconds"] = statistics.median(cpu for _, cpu, _ in rounds)
+                if run[2]:  # into a bucket: moto's server ran in this process
+                    entry["s3_server_cpu_seconds"] = statistics.median(server for _, _, server in rounds)
+                measured[name][workload] = entry
         return measured
 
     results["runs"] |= phase([local_1, local_2])
@@ -324,6 +371,12 @@ def main() -> int:
         print(f"\nan item's answer to the client at 1024x1024: {sent['client writes']:,} bytes when the client writes,"
               f" {sent['workers write']:,} when the worker writes")  # fmt: skip
     results["goals"] = [{"measure": m, "value": v, "goal": g} for m, v, g in goals]
+    results["scaling"] = scaling(runs, os.cpu_count() or 1)
+    for place, measured in results["scaling"].items():
+        print(f"200 renders into a {place}: 1 worker keeps {measured['cores_busy_1']:.2f} cores busy, 2 workers"
+              f" {measured['cores_busy_2']:.2f}; at the same CPU seconds, 1 -> 2 workers could gain at most"
+              f" {measured['ceiling']:.2f}x; round by round they gained"
+              f" {', '.join(f'{r:.2f}x' for r in measured['rounds'])}")  # fmt: skip
     print(f"\nclient peak RSS, 10,000 tiny items: {results['client_peak_mb_10000_items']:.0f} MB\n")
     for measure_name, value, goal in goals:
         met = value >= goal if "at least" in measure_name else value <= goal

@@ -469,6 +469,15 @@ def _batch(result: dict[str, Any]) -> list[str]:
             f" {_figure(sent.get('workers write'))} when the worker writes it to the bucket.",
             "",
         ]
+    for place, scaling in (result.get("scaling") or {}).items():
+        lines += [
+            f"200 renders into a {place}: 1 worker kept {_figure(scaling.get('cores_busy_1'))} cores busy and 2"
+            f" workers {_figure(scaling.get('cores_busy_2'))} (the CPU seconds of the batch's processes over its"
+            " wall seconds), so at the same CPU seconds 1 to 2 workers could gain at most"
+            f" {_figure(scaling.get('ceiling'))}x on this machine; round by round they gained"
+            f" {', '.join(_figure(r) + 'x' for r in scaling.get('rounds') or [])}.",
+            "",
+        ]
     goals = result.get("goals") or []
     lines += _goals(
         [(g.get("measure", ""), g.get("value"), g.get("goal"), "at least" in g.get("measure", "")) for g in goals]

@@ -248,6 +248,15 @@ def test_a_batch_goal_counts_at_least_and_at_most_the_right_way(
     assert f"{200 / seconds:.2f}" in _row(lines, "local pool, 2 workers")  # items per second
 
 
+def test_the_batch_section_says_how_far_1_to_2_workers_can_scale_here(gen_pages: ModuleType) -> None:
+    result = batch_result() | {
+        "scaling": {"bucket": {"cores_busy_1": 1.104, "cores_busy_2": 1.972, "ceiling": 1.8116, "rounds": [1.7, 1.93]}}
+    }
+    text = "\n".join(gen_pages.RENDERERS["batch.json"](result))
+    assert "bucket" in text and "1.10 cores" in text and "1.97" in text and "1.81x" in text and "1.70x, 1.93x" in text
+    assert "cores busy" not in "\n".join(gen_pages.RENDERERS["batch.json"](batch_result()))  # not measured: unsaid
+
+
 @pytest.mark.parametrize(("ratio", "verdict"), [(0.5, "met"), (0.75, "**missed**")])
 def test_removebg_against_rembg_follows_the_ratio(gen_pages: ModuleType, ratio: float, verdict: str) -> None:
     lines = gen_pages.RENDERERS["removebg.json"](removebg_result(ratio))
