@@ -49,10 +49,10 @@ browser:
 		|| echo "could not install chromium and pngcheck: the page's and the PNG decoders' tests will be skipped" >&2
 
 # pytest exits 5 when it collected no test; that is a failure here, not a pass. The suite runs on a
-# pytest-xdist worker per core, a file's tests on one worker (a module's servers start once): most tests wait
-# on processes, servers and sockets, so even two workers on two cores shorten the run well.
+# pytest-xdist worker per logical core, a file's tests on one worker (a module's servers start once): most
+# tests wait on processes, servers and sockets, so even two workers on two cores shorten the run well.
 test: models-all lint browser
-	$(BIN)/python -m pytest -n auto --dist loadfile; status=$$?; \
+	$(BIN)/python -m pytest -n logical --dist loadfile; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 # The documentation site on http://127.0.0.1:8000, rebuilt as its sources change (make test builds it with
