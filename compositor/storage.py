@@ -61,7 +61,17 @@ SINGLE_PUT_LIMIT = 5 * 1024**3  # S3's largest single PUT
 READ_BLOCK = 8 * 1024 * 1024  # an object read as a stream is fetched this much at a time
 PROBE_PREFIX = ".compositor-probe-"
 # Secrets in a command line show in `ps` and in shell history: they come from the standard places only.
-SECRET_OPTIONS = ("key", "secret", "token", "password", "username", "aws_access_key_id", "aws_secret_access_key")
+SECRET_OPTIONS = (
+    "key",
+    "secret",
+    "token",
+    "password",
+    "username",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "session_token",
+)
 
 
 class StorageError(Exception):
@@ -69,9 +79,18 @@ class StorageError(Exception):
 
     def __init__(self, action: str, url: str, reason: str) -> None:
         self.action = action
-        self.url = url
+        self.url = without_credentials(url)
         self.reason = " ".join(reason.split()) or "unknown error"
-        super().__init__(f"cannot {action} {url}: {self.reason}")
+        super().__init__(f"cannot {action} {self.url}: {self.reason}")
+
+
+def without_credentials(url: str) -> str:
+    """`url` without a `user:secret@` before its bucket: what may be shown of it."""
+    scheme, sep, rest = url.partition("://")
+    bucket, slash, tail = rest.partition("/")
+    if not sep or "@" not in bucket:
+        return url
+    return f"{scheme}://{bucket.rpartition('@')[2]}{slash}{tail}"
 
 
 def open_location(target: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Location:
@@ -105,7 +124,21 @@ def open_object(url: str, storage_options: Mapping[str, Any] | None = None) -> t
     head, _, name = url.rstrip().rpartition("/")
     if not name or head.endswith(":/") or head.endswith(":"):
         raise StorageError("use", url, "names no object: give its name after the prefix (s3://bucket/prefix/name.png)")
-    return open_location(head, storage_options), name
+    place = open_location(head, storage_options)  # refuses credentials and odd parts in the prefix first
+    if name in (".", ".."):
+        raise StorageError("use", url, "the prefix has an empty, . or .. part")
+    return place, name
+
+
+def _secret_options(options: Mapping[str, Any], within: str = "") -> list[str]:
+    """The credential-like keys in `options`, at any depth (`client_kwargs.aws_access_key_id`), never their values."""
+    found = []
+    for key, value in options.items():
+        if str(key).lower() in SECRET_OPTIONS:
+            found.append(f"{within}{key}")
+        elif isinstance(value, Mapping):
+            found += _secret_options(value, f"{within}{key}.")
+    return sorted(found)
 
 
 def _check_name(name: str) -> str:
@@ -325,7 +358,13 @@ class S3Location(Location):
     """A prefix in a bucket, through s3fs (imported here, on first use)."""
 
     def __init__(self, url: str, path: str, storage_options: dict[str, Any]) -> None:
-        secret = sorted(set(storage_options) & set(SECRET_OPTIONS))
+        self.scheme = url.partition("://")[0]
+        bucket = path.partition("/")[0]
+        if "@" in bucket:  # user:secret@bucket (StorageError shows the URL without them)
+            raise StorageError(
+                "use", url, "credentials in a URL are not accepted: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        secret = _secret_options(storage_options)
         if secret:
             raise StorageError(
                 "use",
@@ -333,10 +372,11 @@ class S3Location(Location):
                 f"storage options may not carry credentials ({', '.join(secret)}): set AWS_ACCESS_KEY_ID and"
                 " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
             )
-        self.scheme = url.partition("://")[0]
-        self.prefix = path.strip("/")
-        if not self.prefix:
+        self.prefix = path.rstrip("/")
+        if not bucket:
             raise StorageError("use", url, "no bucket named")
+        if any(part in ("", ".", "..") for part in self.prefix.split("/")):  # S3 would take them as literal keys
+            raise StorageError("use", url, "the prefix has an empty, . or .. part")
         self.url = f"{self.scheme}://{self.prefix}"
         self.storage_options = storage_options
         self._fs: Any = None

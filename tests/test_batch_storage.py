@@ -507,3 +507,37 @@ print(code, sorted(m for m in ("fsspec", "s3fs", "botocore", "aiobotocore") if m
     for line in lines:
         data = Path(line["output"]).read_bytes()
         assert line["size"] == len(data) and line["sha256"] == sha(data)
+
+
+def test_an_input_named_where_the_report_goes_is_refused_and_left_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_render: None
+) -> None:
+    source = write_jsonl(tmp_path / "report.jsonl", bodies(2))
+    before = source.read_bytes()
+    code, err = batch(capsys, str(source), "-o", str(tmp_path))
+    assert code == 2 and len(err) == 1 and "report" in err[0] and str(source) in err[0], err
+    assert source.read_bytes() == before
+
+
+def test_an_input_object_named_where_the_report_goes_is_refused_and_left_whole(
+    s3_server: S3Server, capsys: pytest.CaptureFixture[str], no_render: None
+) -> None:
+    bucket = s3_server.new_bucket()
+    url = put_jsonl(s3_server, bucket, "run/report.jsonl", bodies(2))
+    before = get(s3_server, bucket, "run/report.jsonl")
+    for args in ((url, "-o", f"s3://{bucket}/run/"), (url, "-o", f"s3://{bucket}/run", "--resume")):
+        code, err = batch(capsys, *args)
+        assert code == 2 and len(err) == 1 and "report" in err[0] and url in err[0], err
+    assert get(s3_server, bucket, "run/report.jsonl") == before
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_credentials_in_a_batch_url_are_refused_and_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_render: None, where: str
+) -> None:
+    secret_url = "s3://AKIAX:topsecret@renders/run"
+    source = write_jsonl(tmp_path / "in.jsonl", bodies(1))
+    args = (f"{secret_url}/bodies.jsonl", "-o", str(tmp_path)) if where == "input" else (str(source), "-o", secret_url)
+    code, err = batch(capsys, *args)
+    assert code == 2 and len(err) == 1 and "credentials in a URL" in err[0], err
+    assert "topsecret" not in err[0] and "AKIAX" not in err[0] and "s3://renders/run" in err[0]

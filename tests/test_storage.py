@@ -320,3 +320,43 @@ def test_an_s3_report_is_the_whole_object_at_each_checkpoint_and_a_resume_carrie
     report.write_line(json.dumps({"id": "c"}))
     report.close()
     assert place.read_bytes("report.jsonl").decode().splitlines() == ['{"id": "a"}', '{"id": "b"}', '{"id": "c"}']
+
+
+def test_credentials_nested_in_storage_options_are_refused_without_echoing_them() -> None:
+    nested = {"client_kwargs": {"aws_access_key_id": "AKIANESTED", "aws_secret_access_key": "hush-nested"}}
+    with pytest.raises(StorageError) as caught:
+        open_location("s3://bucket/out", storage_options=nested)
+    message = _one_line(caught, "s3://bucket/out")
+    assert "client_kwargs.aws_access_key_id" in message and "AKIANESTED" not in message and "hush" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["s3://AKIAX:topsecret@renders/p", "s3://AKIAX@renders/p", "s3://user:topsecret@renders/p/x.png"]
+)
+def test_credentials_in_a_url_are_refused_and_never_printed(url: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        open_location(url)
+    message = str(caught.value)
+    assert "\n" not in message and "credentials" in message, message
+    assert "topsecret" not in message and "AKIAX" not in message and "user" not in message.split(":", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["s3://renders/../x/", "s3://renders//x/", "s3://renders/./dot/", "s3:///x/", "s3:///renders/x/", "s3://../x"],
+)
+def test_a_prefix_with_an_empty_dot_or_dot_dot_part_or_no_bucket_is_refused(url: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        open_location(url)
+    message = str(caught.value)
+    assert "\n" not in message and ("no bucket" in message or "empty, . or .. part" in message), message
+
+
+def test_an_object_url_with_dot_dot_is_refused() -> None:
+    with pytest.raises(StorageError) as caught:
+        open_object("s3://renders/previews/../a.png")
+    assert "empty, . or .. part" in str(caught.value)
+
+
+def test_a_trailing_slash_is_still_a_plain_prefix() -> None:
+    assert open_location("s3://renders/run-1/").url == "s3://renders/run-1"

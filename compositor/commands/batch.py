@@ -115,6 +115,14 @@ def _run_batch(args: argparse.Namespace) -> int:
             probe = output / ".compositor-write-test"
             probe.write_bytes(b"")
             probe.unlink()
+        report_at = str((output / REPORT_NAME).resolve()) if isinstance(output, Path) else output.url_of(REPORT_NAME)
+        if report_at == (source.url if isinstance(source, StoredInput) else str(source.resolve())):
+            print(
+                f"compositor: the input {args.input} is where the report goes: the run would overwrite it; give -o"
+                " another place",
+                file=sys.stderr,
+            )
+            return EXIT_UNUSABLE
         if total is None:
             total = count_items(source)
     except (CatalogueError, SourceMapError, StorageError) as exc:
