@@ -582,10 +582,10 @@ class Progress:
         finished = sum(self.counts.values())
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = finished / elapsed
-        left = (self.total - finished) / rate if rate > 0 else float("nan")
+        left = f"about {(self.total - finished) / rate:.0f} s left" if rate > 0 else "time left not known yet"
         return (
             f"batch: {finished}/{self.total}, {self.counts['done']} done, {self.counts['failed']} failed,"
-            f" {self.counts['skipped']} skipped, {rate:.1f} items/s, about {left:.0f} s left"
+            f" {self.counts['skipped']} skipped, {rate:.1f} items/s, {left}"
         )
 
     def close(self) -> None:

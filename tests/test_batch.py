@@ -678,6 +678,13 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal() -> None:
     assert lines[-1].startswith("batch: 3/3, 1 done, 1 failed, 1 skipped")
 
 
+def test_progress_before_any_item_finished_says_the_time_left_is_not_known() -> None:
+    from compositor.batch import Progress
+
+    line = Progress(3, stream=io.StringIO()).line()
+    assert "nan" not in line and "time left not known yet" in line, line
+
+
 def test_a_line_with_text_that_is_not_unicode_fails_alone_naming_its_field(tmp_path: Path) -> None:
     from compositor import text
     from compositor.catalogue import read_items

@@ -541,3 +541,20 @@ def test_credentials_in_a_batch_url_are_refused_and_never_printed(
     code, err = batch(capsys, *args)
     assert code == 2 and len(err) == 1 and "credentials in a URL" in err[0], err
     assert "topsecret" not in err[0] and "AKIAX" not in err[0] and "s3://renders/run" in err[0]
+
+
+def test_validate_reads_a_catalogue_in_a_bucket_as_batch_does(
+    s3_server: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = s3_server.new_bucket()
+    lines: list[Any] = [*bodies(2), {**bodies(1)[0], "canvas_size": "0x0"}]
+    url = put_jsonl(s3_server, bucket, "cat/bodies.jsonl", lines)
+    for i, line in enumerate(lines):
+        s3_server.client().put_object(Bucket=bucket, Key=f"pfx/{i:02d}.json", Body=json.dumps(line).encode())
+    local = write_jsonl(tmp_path / "bodies.jsonl", lines)
+    verdicts = []
+    for catalogue in (str(local), url, f"s3://{bucket}/pfx/"):
+        code = main(["validate", catalogue, "--json"])
+        out = capsys.readouterr().out.splitlines()
+        verdicts.append((code, [json.loads(line)["code"] for line in out]))
+    assert verdicts[0] == (1, [1000, 1000, 1003]) and verdicts[1] == verdicts[0] and verdicts[2] == verdicts[0]

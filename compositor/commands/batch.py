@@ -12,6 +12,7 @@ from compositor.commands.common import (
     add_source_map_argument,
     add_storage_options_argument,
     add_threshold_arguments,
+    in_object_storage,
     read_source_map,
     storage_options_of,
     thresholds_of,
@@ -55,12 +56,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch.set_defaults(handler=run)
 
 
-def _is_url(target: str) -> bool:
-    """A URL of object storage (s3://...); a path, or a file:// URL, is local."""
-    scheme, sep, _ = target.partition("://")
-    return bool(sep) and scheme.lower() != "file"
-
-
 def _local(target: str) -> Path:
     scheme, sep, rest = target.partition("://")
     return Path(rest) if sep and scheme.lower() == "file" else Path(target)
@@ -82,7 +77,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     from compositor.sourcemap import SourceMapError
     from compositor.storage import Location, StorageError, open_location
 
-    stored = _is_url(args.input)
+    stored = in_object_storage(args.input)
     local_source = _local(args.input)
     if not stored and not local_source.exists():
         print(f"compositor: no input at {local_source}", file=sys.stderr)
@@ -106,7 +101,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         source: Path | StoredInput = stored_input(args.input, options) if stored else local_source
         total = None if stored else count_items(source)
         output: Path | Location
-        if _is_url(args.output):
+        if in_object_storage(args.output):
             output = open_location(args.output, options)
             output.check_writable()
         else:

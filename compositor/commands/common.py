@@ -79,6 +79,12 @@ def add_storage_options_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def in_object_storage(target: str) -> bool:
+    """A URL of object storage (s3://...); a path, or a file:// URL, is local."""
+    scheme, sep, _ = target.partition("://")
+    return bool(sep) and scheme.lower() != "file"
+
+
 def storage_options_of(args: argparse.Namespace) -> dict[str, Any]:
     """--storage-options as a dict ({} without it); ValueError saying what is wrong with it."""
     text = getattr(args, "storage_options", None)

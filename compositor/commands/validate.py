@@ -17,6 +17,7 @@ from compositor.commands.common import (
     add_storage_options_argument,
     add_threshold_arguments,
     body_error_envelope,
+    in_object_storage,
     limits_of,
     load_body,
     read_source_map,
@@ -150,9 +151,12 @@ def _unmapped_files(body: dict[str, Any], source_map: Any) -> list[Any]:
 
 
 def is_catalogue(name: str) -> bool:
-    """A folder, or a file named .jsonl: many bodies, read as `batch` reads them."""
+    """A folder, a file named .jsonl, or an object-storage URL (a JSONL object or a prefix of *.json): many
+    bodies, read as `batch` reads them."""
     if name == "-":
         return False
+    if in_object_storage(name):
+        return True
     path = Path(name)
     return path.is_dir() or path.suffix.lower() == ".jsonl"
 
@@ -161,7 +165,8 @@ def _run_catalogue(args: argparse.Namespace) -> int:
     """One line per body, in the catalogue's order: its id and verdict (and, in
     text, its problems beneath it); then a count on stderr. One process, each
     body judged by the same rules as a single one."""
-    from compositor.catalogue import CatalogueError, read_items
+    from compositor.catalogue import CatalogueError, StoredInput, read_items, stored_input
+    from compositor.storage import StorageError
 
     try:
         source_map = read_source_map(args)
@@ -170,14 +175,17 @@ def _run_catalogue(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     counts = {"valid": 0, "invalid": 0}
     try:
-        for item in read_items(Path(args.request)):
+        source: Path | StoredInput = (
+            stored_input(args.request, args.storage) if in_object_storage(args.request) else Path(args.request)
+        )
+        for item in read_items(source):
             if item.problem is not None:
                 envelope = body_error_envelope(item.problem["message"], item.problem["field"])
             else:
                 envelope = _judge(item.body, item.base_dir, source_map, args)
             counts["valid" if envelope["code"] == 1000 else "invalid"] += 1
             print(json.dumps({"id": item.id, **envelope}) if args.json else _as_text(envelope, f"{item.id}  "))
-    except CatalogueError as exc:
+    except (CatalogueError, StorageError) as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     total = counts["valid"] + counts["invalid"]
