@@ -85,3 +85,16 @@ def test_with_nothing_set_the_mirror_has_the_tables_values(tmp_path: Path, monke
         value["webhook_attempts"], value["webhook_first_delay_s"], value["webhook_max_delay_s"],
         value["webhook_timeout_s"],
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["allow_object_storage", "allow_private_networks"])
+def test_a_yes_or_no_setting_that_is_neither_names_its_variable_and_config_key(tmp_path: Path, name: str) -> None:
+    variable = f"COMPOSITOR_{name.upper()}"
+    with pytest.raises(config.ConfigError) as caught:
+        config.load({"data_dir": tmp_path}, environ={variable: "maybe"})
+    message = str(caught.value)
+    assert variable in message and name in message and "'maybe'" in message, message
+    file = tmp_path / "mirror.toml"
+    file.write_text(f'{name} = "maybe"\n')
+    with pytest.raises(config.ConfigError, match=name):
+        config.load({"config": file, "data_dir": tmp_path}, environ={})

@@ -61,7 +61,7 @@ def parse_client(text: str, origin: str = "--client") -> Client:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
-def _flag(value: object) -> bool:
+def _flag(value: object, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -69,7 +69,8 @@ def _flag(value: object) -> bool:
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"expected true or false, got {value!r}")
+    origins = f"--{name.replace('_', '-')}, {_env(name)} or the config file's {name}"
+    raise ConfigError(f"{origins}: expected true or false, got {value!r}")
 
 
 def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeConfig:
@@ -100,9 +101,9 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> ServeC
     roots = roots or file.get("allow_file_roots", [])
     # Sources and webhooks on loopback or private addresses: only this machine
     # can call a loopback-bound server, so there they are its user's own.
-    allow_private = _flag(pick("allow_private_networks", is_loopback_name(host)))
+    allow_private = _flag(pick("allow_private_networks", is_loopback_name(host)), "allow_private_networks")
     # s3:// sources, read with the operator's own credentials: only where the operator says so.
-    allow_object_storage = _flag(pick("allow_object_storage"))
+    allow_object_storage = _flag(pick("allow_object_storage"), "allow_object_storage")
     budget_mb = float(pick("memory_budget_mb", convert=float))
     if not math.isfinite(budget_mb) or budget_mb < 0:
         raise ConfigError(f"the memory budget must be a number of MB, 0 or more, not {budget_mb}")
