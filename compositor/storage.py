@@ -620,4 +620,8 @@ def _storage_error(action: str, url: str, exc: BaseException) -> StorageError:
     if isinstance(exc, PermissionError):
         return StorageError(action, url, "access denied")
     detail = str(exc).strip().splitlines()
+    if isinstance(exc, TypeError):  # s3fs hands the options to its session and client, which reject what they lack
+        return StorageError(
+            action, url, f"the storage options could not be used (--storage-options): {detail[0] if detail else exc}"
+        )
     return StorageError(action, url, f"{code or type(exc).__name__}: {detail[0] if detail else 'no detail'}")

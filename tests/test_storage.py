@@ -360,3 +360,16 @@ def test_an_object_url_with_dot_dot_is_refused() -> None:
 
 def test_a_trailing_slash_is_still_a_plain_prefix() -> None:
     assert open_location("s3://renders/run-1/").url == "s3://renders/run-1"
+
+
+@pytest.mark.parametrize(
+    ("options", "named"), [({"nonsense_option": 1}, "nonsense_option"), ({"endpoint_url": 42}, "")]
+)
+def test_storage_options_s3fs_cannot_use_are_blamed_on_the_options(
+    s3_server: S3Server, options: dict[str, Any], named: str
+) -> None:
+    bucket = s3_server.new_bucket()
+    with pytest.raises(StorageError) as caught:
+        open_location(f"s3://{bucket}/out", storage_options=options).check_writable()
+    message = _one_line(caught, f"s3://{bucket}/out")
+    assert "storage options" in message and named in message, message
