@@ -130,14 +130,14 @@ def open_object(url: str, storage_options: Mapping[str, Any] | None = None) -> t
     return place, name
 
 
-def _secret_options(options: Mapping[str, Any], within: str = "") -> list[str]:
+def secret_options(options: Mapping[str, Any], within: str = "") -> list[str]:
     """The credential-like keys in `options`, at any depth (`client_kwargs.aws_access_key_id`), never their values."""
     found = []
     for key, value in options.items():
         if str(key).lower() in SECRET_OPTIONS:
             found.append(f"{within}{key}")
         elif isinstance(value, Mapping):
-            found += _secret_options(value, f"{within}{key}.")
+            found += secret_options(value, f"{within}{key}.")
     return sorted(found)
 
 
@@ -364,7 +364,7 @@ class S3Location(Location):
             raise StorageError(
                 "use", url, "credentials in a URL are not accepted: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
-        secret = _secret_options(storage_options)
+        secret = secret_options(storage_options)
         if secret:
             raise StorageError(
                 "use",
