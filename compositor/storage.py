@@ -130,14 +130,25 @@ def open_object(url: str, storage_options: Mapping[str, Any] | None = None) -> t
     return place, name
 
 
-def secret_options(options: Mapping[str, Any], within: str = "") -> list[str]:
-    """The credential-like keys in `options`, at any depth (`client_kwargs.aws_access_key_id`), never their values."""
+def credentials_refused(options: Mapping[str, Any]) -> str | None:
+    """Why `options` cannot be taken, when they carry credential-like keys (named, never their values), or None."""
+    secret = _secret_options(options)
+    if not secret:
+        return None
+    return (
+        f"may not carry credentials ({', '.join(secret)}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY,"
+        " or AWS_PROFILE"
+    )
+
+
+def _secret_options(options: Mapping[str, Any], within: str = "") -> list[str]:
+    """The credential-like keys in `options`, at any depth (`client_kwargs.aws_access_key_id`)."""
     found = []
     for key, value in options.items():
         if str(key).lower() in SECRET_OPTIONS:
             found.append(f"{within}{key}")
         elif isinstance(value, Mapping):
-            found += secret_options(value, f"{within}{key}.")
+            found += _secret_options(value, f"{within}{key}.")
     return sorted(found)
 
 
@@ -364,14 +375,9 @@ class S3Location(Location):
             raise StorageError(
                 "use", url, "credentials in a URL are not accepted: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
-        secret = secret_options(storage_options)
-        if secret:
-            raise StorageError(
-                "use",
-                url,
-                f"storage options may not carry credentials ({', '.join(secret)}): set AWS_ACCESS_KEY_ID and"
-                " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
-            )
+        refused = credentials_refused(storage_options)
+        if refused:
+            raise StorageError("use", url, f"storage options {refused}")
         self.prefix = path.rstrip("/")
         if not bucket:
             raise StorageError("use", url, "no bucket named")

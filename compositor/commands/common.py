@@ -96,14 +96,11 @@ def storage_options_of(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--storage-options is not JSON: {exc}") from None
     if not isinstance(options, dict):
         raise ValueError("--storage-options must be a JSON object")
-    from compositor.storage import secret_options
+    from compositor.storage import credentials_refused
 
-    secret = secret_options(options)
-    if secret:  # refused wherever the places are: a secret on a command line is in `ps` and the shell's history
-        raise ValueError(
-            f"--storage-options may not carry credentials ({', '.join(secret)}): set AWS_ACCESS_KEY_ID and"
-            " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
-        )
+    refused = credentials_refused(options)
+    if refused:  # wherever the places are: a secret on a command line is in `ps` and the shell's history
+        raise ValueError(f"--storage-options {refused}")
     return options
 
 
