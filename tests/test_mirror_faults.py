@@ -533,14 +533,15 @@ def test_an_upload_needs_an_image_type(page_server: Server) -> None:
 
 
 def test_uploads_expire_with_the_results(tmp_path: Path) -> None:
-    server = start_server(tmp_path / "data", CONFIG, "--result-ttl", "1")
+    # 3 s: time enough, on a loaded machine, for the first fetch to come before the upload has expired.
+    server = start_server(tmp_path / "data", CONFIG, "--result-ttl", "3")
     try:
         png = (IMAGES / "foreground.png").read_bytes()
         url = httpx.post(server.base + "/uploads", content=png, headers={"content-type": "image/png"}).json()["data"][
             "url"
         ]
         assert httpx.get(url).status_code == 200
-        wait_until(lambda: httpx.get(url, timeout=30).status_code != 200, "the upload (time to live 1 s) to expire")
+        wait_until(lambda: httpx.get(url, timeout=30).status_code != 200, "the upload (time to live 3 s) to expire")
         assert httpx.get(url, timeout=30).status_code == 404
     finally:
         server.stop()

@@ -35,7 +35,7 @@ from compositor.mirror.database import StoreError, StoreFullError
 from compositor.mirror.downloads import open_file_response
 from compositor.mirror.middleware import read_json
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
-from compositor.mirror.service import Mirror
+from compositor.mirror.service import UPLOAD_PARTIAL_PREFIX, Mirror, store_upload
 from compositor.mirror.worker import probe_upload, render_preview
 from compositor.pool import WorkerDied, WorkerError
 from compositor.preflight import envelope as preflight_envelope
@@ -232,8 +232,10 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
         check_caller(request, ("image/", "application/octet-stream"))
         async with page_slot():
             # Streamed to a file as it arrives: the server holds a chunk, never the upload.
-            with _store_failure(), tempfile.NamedTemporaryFile(dir=uploads, prefix=".upload-", delete=False) as sink:
-                partial = Path(sink.name)
+            with _store_failure():
+                handle, partial_name = tempfile.mkstemp(dir=uploads, prefix=UPLOAD_PARTIAL_PREFIX)
+                os.close(handle)
+                partial = Path(partial_name)
             try:
                 digest, head = hashlib.sha256(), b""
                 with _store_failure(), partial.open("wb") as sink:
@@ -247,7 +249,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
                     raise ApiError(ApiCode.PARAMETER_ERROR, probed["msg"])
                 name = digest.hexdigest()[:32] + _UPLOAD_TYPES.get(sniff_type(head), ".png")
                 with _store_failure():
-                    os.replace(partial, uploads / name)
+                    store_upload(partial, uploads / name)
             finally:
                 partial.unlink(missing_ok=True)
         url = f"{settings.public_base_url}/uploads/{name}"

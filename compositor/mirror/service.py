@@ -71,6 +71,8 @@ def _job_line(job: Job, outcome: str, reason: str | None = None) -> None:
     job_log.info("job %s %s", job.id, outcome, extra={"fields": fields})
 
 
+# An upload being received or checked, in the uploads folder under a name no stored upload has.
+UPLOAD_PARTIAL_PREFIX = ".upload-"
 # A job whose worker died this many times is failed rather than run again.
 MAX_ATTEMPTS = 2
 # A job whose result found no room on the disk waits aside, 5 s the first
@@ -186,6 +188,9 @@ class Mirror:
             else:
                 settings.results_dir.mkdir(exist_ok=True)
             settings.uploads_dir.mkdir(exist_ok=True)
+            # The lock is held, so no upload can be arriving: a partial file is one a stopped server left.
+            for partial in settings.uploads_dir.glob(UPLOAD_PARTIAL_PREFIX + "*"):
+                partial.unlink(missing_ok=True)
             self.accounts = Accounts(
                 list(settings.clients), _signing_key(settings.data_dir), open_registration=settings.open_accounts
             )
@@ -632,6 +637,8 @@ class Mirror:
             self._delete_result(path)
         if self.settings.uploads_dir.is_dir():
             for upload in self.settings.uploads_dir.iterdir():
+                if upload.name.startswith(UPLOAD_PARTIAL_PREFIX):
+                    continue  # still arriving or being checked, however long that takes
                 try:
                     if upload.is_file() and upload.stat().st_mtime < cutoff:
                         upload.unlink(missing_ok=True)
@@ -649,6 +656,13 @@ class Mirror:
                 done.set_exception(exc)
             return done
         return self.previews.submit(fn, *args)
+
+
+def store_upload(partial: Path, target: Path) -> None:
+    """A checked upload moved to its name, its time to live starting now (not when its last byte arrived, which
+    a slow check may have put past it). The same image uploaded again replaces the file and renews it."""
+    os.utime(partial)
+    os.replace(partial, target)
 
 
 def _result_name(job: Job) -> str:
