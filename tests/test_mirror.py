@@ -488,7 +488,8 @@ def test_a_job_interrupted_by_kill_9_completes_after_a_restart(tmp_path: Path) -
 
 
 def test_results_expire_after_their_time_to_live(tmp_path: Path) -> None:
-    short = start_server(tmp_path / "data", CONFIG, "--result-ttl", "1")
+    # 2 s: time enough, on a loaded machine, for a poll to see the result before it expires.
+    short = start_server(tmp_path / "data", CONFIG, "--result-ttl", "2")
     try:
         job = call(short, "POST", SUBMIT, json=body())["data"]
         done = wait_for(short, job["_id"])
@@ -497,7 +498,7 @@ def test_results_expire_after_their_time_to_live(tmp_path: Path) -> None:
         def expired() -> bool:
             return bool(call(short, "GET", INFO, params={"image_model_id": job["_id"]})["data"].get("expired"))
 
-        wait_until(expired, "the result (time to live 1 s) to expire")
+        wait_until(expired, "the result (time to live 2 s) to expire")
         record = call(short, "GET", INFO, params={"image_model_id": job["_id"]})["data"]
         assert record.get("expired") is True and record["image"] == ""
         assert httpx.get(result).status_code == 404
