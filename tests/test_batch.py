@@ -26,6 +26,7 @@ import pytest
 from PIL import Image
 
 from compositor.cli import main
+from compositor.folderlock import FolderLock
 from tests.conftest import FIXTURES, PEER, loopback_cluster
 from tests.test_controls import FOREGROUND
 
@@ -116,6 +117,34 @@ def test_partial_results_a_killed_run_left_are_removed_by_the_next(tmp_path: Pat
     done = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1")
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["000001.png", "notes.txt", "report.jsonl"]
+
+
+def test_a_second_batch_into_a_folder_in_use_stops_in_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    """A batch still writing `out` (its lock held here, as its process holds it) keeps its partial results and its
+    report: a second run into the same folder would have deleted the one and emptied the other."""
+    out = tmp_path / "out"
+    running = FolderLock(out, ".compositor-batch.lock", {"kind": "batch"}, remove_note=True)
+    try:
+        (out / ".000001.png.runn1ng0.partial").write_bytes(b"\x89PNG being written")
+        (out / "report.jsonl").write_text('{"id": "000001", "status": "done"}\n')
+        second = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(2)])), "-o", str(out), "--workers", "1")
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(out) in lines[0] and f"the batch with pid {os.getpid()}" in lines[0], lines
+        assert (out / ".000001.png.runn1ng0.partial").read_bytes() == b"\x89PNG being written"
+        assert (out / "report.jsonl").read_text() == '{"id": "000001", "status": "done"}\n'
+        assert not (out / "000002.png").exists()
+    finally:
+        running.release()
+    assert not (out / ".compositor-batch.lock").exists()
+
+
+def test_a_batch_leaves_no_lock_behind(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run is not refused by the first
+        done = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1")
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "report.jsonl"]
 
 
 def test_the_report_has_a_line_per_item_and_a_bad_item_stops_nothing(tmp_path: Path) -> None:

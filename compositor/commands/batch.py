@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -63,16 +64,18 @@ def _local(target: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _run_batch(args)
+        with contextlib.ExitStack() as held:
+            return _run_batch(args, held)
     except KeyboardInterrupt:  # outside the run's own handling: counting the input, starting or stopping workers
         print("compositor: interrupted; what was written stays whole (--resume carries on)", file=sys.stderr)
         return 130
 
 
-def _run_batch(args: argparse.Namespace) -> int:
+def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from compositor.batch import REPORT_NAME, BatchRun, Progress
     from compositor.catalogue import CatalogueError, StoredInput, count_items, read_items, stored_input
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
+    from compositor.folderlock import FolderInUseError, FolderLock
     from compositor.heap import prepare_render_process
     from compositor.sourcemap import SourceMapError
     from compositor.storage import Location, StorageError, open_location
@@ -110,6 +113,9 @@ def _run_batch(args: argparse.Namespace) -> int:
             probe = output / ".compositor-write-test"
             probe.write_bytes(b"")
             probe.unlink()
+            # Held to the end: a second run into this folder would delete this one's partial results and
+            # empty its report.
+            held.callback(FolderLock(output, ".compositor-batch.lock", {"kind": "batch"}, remove_note=True).release)
         report_at = str((output / REPORT_NAME).resolve()) if isinstance(output, Path) else output.url_of(REPORT_NAME)
         if report_at == (source.url if isinstance(source, StoredInput) else str(source.resolve())):
             print(
@@ -122,6 +128,9 @@ def _run_batch(args: argparse.Namespace) -> int:
             total = count_items(source)
     except (CatalogueError, SourceMapError, StorageError) as exc:
         print(f"compositor: {exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except FolderInUseError as exc:
+        print(f"compositor: the output folder {exc}: wait for it to end, or give -o another folder", file=sys.stderr)
         return EXIT_UNUSABLE
     except OSError as exc:
         print(f"compositor: cannot write to {args.output}: {exc.strerror or exc}", file=sys.stderr)

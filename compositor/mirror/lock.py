@@ -1,15 +1,12 @@
 """One mirror per data dir. Two servers on one job store would each take the
 other's live jobs for interrupted ones and render them twice, so the second
-refuses to start, naming the first. The lock is the kernel's (flock), so it
-goes with its process, however that process ends."""
+refuses to start, naming the first (see `compositor.folderlock`)."""
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
-import time
 from pathlib import Path
+
+from compositor.folderlock import FolderInUseError, FolderLock, describe_holder
 
 
 class DataDirInUseError(Exception):
@@ -17,33 +14,17 @@ class DataDirInUseError(Exception):
 
 
 class DataDirLock:
-    """The lock is taken on the data dir itself, not on a file in it that a
-    person could delete; `mirror.lock` beside it only says who holds it."""
+    """The data dir's lock; `mirror.lock` in it says which mirror holds it (deleting it changes nothing)."""
 
     def __init__(self, data_dir: Path, holder: dict[str, object]) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "mirror.lock"
-        self._fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise DataDirInUseError(f"the data dir {data_dir} is in use by {_describe(self.path)}") from None
-        self.path.write_text(json.dumps({**holder, "pid": os.getpid(), "since": int(time.time())}))
+            self._lock = FolderLock(data_dir, "mirror.lock", {"kind": "mirror", **holder})
+        except FolderInUseError as exc:
+            raise DataDirInUseError(
+                f"the data dir {data_dir} is in use by {describe_holder(exc.holder)}: stop it, or pass another"
+                " --data-dir"
+            ) from None
+        self.path = self._lock.note
 
     def release(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = -1
-
-
-def _describe(path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text())
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(holder["since"])))
-        return (
-            f"the mirror with pid {holder['pid']} at {holder.get('url', '?')} (since {since}):"
-            " stop it, or pass another --data-dir"
-        )
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process: stop it, or pass another --data-dir"
+        self._lock.release()

@@ -1,0 +1,72 @@
+"""One writer per folder. A mirror's data dir and a batch's output folder each
+belong to one process at a time: a second one would take the first one's work
+for its own (a mirror, another's live jobs; a batch, another's partial results
+and its report). The lock is the kernel's (flock) on the folder itself, not on
+a file in it that a person could delete, so it goes with its process however
+that process ends; a note file in the folder only says who holds it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+
+class FolderInUseError(Exception):
+    """Another process holds the folder; `holder` is what its note says (None when it cannot be read)."""
+
+    def __init__(self, folder: Path, holder: dict[str, object] | None) -> None:
+        super().__init__(f"{folder} is in use by {describe_holder(holder)}")
+        self.folder = folder
+        self.holder = holder
+
+
+class FolderLock:
+    """Held from construction to `release()` (or the process's end). `holder` is written to the note, with
+    this process's pid and the time; with `remove_note`, the note is removed again on release."""
+
+    def __init__(self, folder: Path, note: str, holder: dict[str, object], *, remove_note: bool = False) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.note = folder / note
+        self._remove_note = remove_note
+        self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise FolderInUseError(folder, _read_note(self.note)) from None
+        try:
+            self.note.write_text(json.dumps({**holder, "pid": os.getpid(), "since": int(time.time())}))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            if self._remove_note:
+                # Before the lock goes: a note removed after it could be the next holder's.
+                self.note.unlink(missing_ok=True)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+
+def describe_holder(holder: dict[str, object] | None) -> str:
+    """'the batch with pid 12 (since 2026-12-01 13:00:00)', from a note; 'another process' without one."""
+    if holder is None:
+        return "another process"
+    try:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(str(holder["since"]))))
+        where = f" at {holder['url']}" if holder.get("url") else ""
+        return f"the {holder.get('kind', 'process')} with pid {holder['pid']}{where} (since {since})"
+    except (KeyError, ValueError, TypeError):
+        return "another process"
+
+
+def _read_note(note: Path) -> dict[str, object] | None:
+    try:
+        holder = json.loads(note.read_text())
+    except (OSError, ValueError):
+        return None
+    return holder if isinstance(holder, dict) else None
