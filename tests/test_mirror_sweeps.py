@@ -1,5 +1,6 @@
-"""Uploads and their time to live: expiry takes stored uploads past it, never one still arriving, and an
-upload's age counts from when it was stored."""
+"""What the mirror's sweeps delete, and what they must leave: expiry takes stored uploads past their time to
+live, never one still arriving (an upload's age counts from when it was stored); a start clears what a
+stopped server left half-written, and nothing else."""
 
 from __future__ import annotations
 
@@ -63,3 +64,12 @@ def test_a_partial_upload_left_by_a_stopped_server_is_cleared_at_start(tmp_path:
     (uploads / ".upload-left-by-a-crash").write_bytes(b"half an image")
     with in_process_mirror(tmp_path / "data", result_ttl_s=TTL_S):
         assert list(uploads.iterdir()) == []
+
+
+def test_a_half_written_result_left_by_a_stopped_server_is_cleared_at_start(tmp_path: Path) -> None:
+    results = tmp_path / "data" / "results"
+    results.mkdir(parents=True)
+    (results / ".0123456789abcdef01234567.png.k1ll3d00").write_bytes(b"\x89PNG cut")
+    (results / "0123456789abcdef01234567.png").write_bytes(b"\x89PNG whole")
+    with in_process_mirror(tmp_path / "data", result_ttl_s=TTL_S):
+        assert [path.name for path in results.iterdir()] == ["0123456789abcdef01234567.png"]

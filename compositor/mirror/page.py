@@ -35,7 +35,7 @@ from compositor.mirror.database import StoreError, StoreFullError
 from compositor.mirror.downloads import open_file_response
 from compositor.mirror.middleware import read_json
 from compositor.mirror.sameorigin import LOOPBACK_NAMES, cross_site_problem, host_problem
-from compositor.mirror.service import UPLOAD_PARTIAL_PREFIX, Mirror, store_upload
+from compositor.mirror.service import UPLOAD_PARTIAL_PREFIX, Mirror
 from compositor.mirror.worker import probe_upload, render_preview
 from compositor.pool import WorkerDied, WorkerError
 from compositor.preflight import envelope as preflight_envelope
@@ -249,7 +249,7 @@ def add_page(app: FastAPI, mirror: Mirror) -> None:
                     raise ApiError(ApiCode.PARAMETER_ERROR, probed["msg"])
                 name = digest.hexdigest()[:32] + _UPLOAD_TYPES.get(sniff_type(head), ".png")
                 with _store_failure():
-                    store_upload(partial, uploads / name)
+                    mirror.store_upload(partial, name)
             finally:
                 partial.unlink(missing_ok=True)
         url = f"{settings.public_base_url}/uploads/{name}"

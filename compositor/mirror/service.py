@@ -27,7 +27,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,9 +188,10 @@ class Mirror:
             else:
                 settings.results_dir.mkdir(exist_ok=True)
             settings.uploads_dir.mkdir(exist_ok=True)
-            # The lock is held, so no upload can be arriving: a partial file is one a stopped server left.
-            for partial in settings.uploads_dir.glob(UPLOAD_PARTIAL_PREFIX + "*"):
-                partial.unlink(missing_ok=True)
+            # The lock is held, so no job is rendering and no upload arriving here yet: a half-written result
+            # (`atomic_file`'s `.NAME.XXXXXXXX`) or a partial upload is one a stopped server left.
+            _remove_all(settings.results_dir.glob(".*.png.*"))
+            _remove_all(settings.uploads_dir.glob(UPLOAD_PARTIAL_PREFIX + "*"))
             self.accounts = Accounts(
                 list(settings.clients), _signing_key(settings.data_dir), open_registration=settings.open_accounts
             )
@@ -225,6 +226,9 @@ class Mirror:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._in_flight: dict[str, Job] = {}
+        # Expiry's look at an upload's age and its deletion, as one step against an upload of the same image
+        # renewing it in between.
+        self._uploads_lock = threading.Lock()
         self._outcomes: queue.SimpleQueue[tuple[Job, Future[RenderOutcome]]] = queue.SimpleQueue()
         self._unstored: list[tuple[Job, Future[RenderOutcome]]] = []
         self._paused_until = 0.0
@@ -420,7 +424,16 @@ class Mirror:
     def upload_file(self, name: str) -> Path | None:
         return _file_in(self.settings.uploads_dir, name)
 
+    def store_upload(self, partial: Path, name: str) -> None:
+        """A checked upload (a partial file in the uploads folder) stored as `name` there, its time to live
+        starting now, not when its last byte arrived (a slow check may have put that past it). The same image
+        uploaded again replaces the file and renews it."""
+        with self._uploads_lock:
+            os.utime(partial)
+            os.replace(partial, self.settings.uploads_dir / name)
+
     # --- the work --------------------------------------------------------
+
     def _dispatch(self) -> None:
         """Claims queued jobs while a worker is free, and stores what the
         workers answer. Whatever fails here (the store, the disk) is logged
@@ -640,8 +653,9 @@ class Mirror:
                 if upload.name.startswith(UPLOAD_PARTIAL_PREFIX):
                     continue  # still arriving or being checked, however long that takes
                 try:
-                    if upload.is_file() and upload.stat().st_mtime < cutoff:
-                        upload.unlink(missing_ok=True)
+                    with self._uploads_lock:
+                        if upload.is_file() and upload.stat().st_mtime < cutoff:
+                            upload.unlink(missing_ok=True)
                 except OSError:
                     continue
         return len(paths)
@@ -658,11 +672,9 @@ class Mirror:
         return self.previews.submit(fn, *args)
 
 
-def store_upload(partial: Path, target: Path) -> None:
-    """A checked upload moved to its name, its time to live starting now (not when its last byte arrived, which
-    a slow check may have put past it). The same image uploaded again replaces the file and renews it."""
-    os.utime(partial)
-    os.replace(partial, target)
+def _remove_all(paths: Iterator[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _result_name(job: Job) -> str:
