@@ -426,12 +426,15 @@ def test_reset_forgets_everything_but_the_clients(upstream: Upstream) -> None:
 
 
 def test_reset_cancels_a_webhook_waiting_on_its_latency(upstream: Upstream, receiver: Receiver) -> None:  # noqa: F811
-    upstream.control.add_fault(operation="webhook", latency_ms=1500)
+    # 4 s: a loaded machine must still reach the reset while the first delivery waits on its latency.
+    latency_s = 4.0
+    submitted = time.monotonic()
+    upstream.control.add_fault(operation="webhook", latency_ms=int(latency_s * 1000))
     job = upstream.submit(webhookUrl=receiver.url)
     upstream.wait(job["_id"])
-    time.sleep(0.3)  # the first delivery is waiting on its latency
     upstream.control.reset()
-    time.sleep(2.0)
+    assert time.monotonic() - submitted < latency_s, "the reset came too late to show anything"
+    time.sleep(max(0.0, submitted + latency_s + 1.0 - time.monotonic()))  # past when it would have gone out
     assert receiver.payloads == []
 
 

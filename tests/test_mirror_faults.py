@@ -537,9 +537,9 @@ def test_uploads_expire_with_the_results(tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", CONFIG, "--result-ttl", "3")
     try:
         png = (IMAGES / "foreground.png").read_bytes()
-        url = httpx.post(server.base + "/uploads", content=png, headers={"content-type": "image/png"}).json()["data"][
-            "url"
-        ]
+        url = httpx.post(
+            server.base + "/uploads", content=png, headers={"content-type": "image/png"}, timeout=30
+        ).json()["data"]["url"]
         assert httpx.get(url).status_code == 200
         wait_until(lambda: httpx.get(url, timeout=30).status_code != 200, "the upload (time to live 3 s) to expire")
         assert httpx.get(url, timeout=30).status_code == 404
@@ -616,7 +616,9 @@ def test_a_bracket_in_a_source_host_is_a_field_error(page_server: Server) -> Non
 def test_a_malformed_upload_is_1003(page_server: Server) -> None:
     png = (IMAGES / "foreground.png").read_bytes()
     broken = png[:100] + bytes(200) + png[300:]
-    answer = httpx.post(page_server.base + "/uploads", content=broken, headers={"content-type": "image/png"})
+    answer = httpx.post(
+        page_server.base + "/uploads", content=broken, headers={"content-type": "image/png"}, timeout=30
+    )
     assert answer.status_code == 200 and envelope_of(answer)["code"] == 1003
 
 

@@ -130,9 +130,9 @@ def test_the_mirrors_own_uploads_are_read_from_disk_even_when_private_networks_a
     server = start_server(tmp_path / "data", CONFIG, "--allow-private-networks", "false")
     try:
         png = (IMAGES / "foreground.png").read_bytes()
-        url = httpx.post(server.base + "/uploads", content=png, headers={"content-type": "image/png"}).json()["data"][
-            "url"
-        ]
+        url = httpx.post(
+            server.base + "/uploads", content=png, headers={"content-type": "image/png"}, timeout=30
+        ).json()["data"]["url"]
         job = call(server, "POST", SUBMIT, json={**cdn_body(), "template_url": url, "origin_img": url})["data"]
         assert wait_for(server, job["_id"])["image_status"] == 3
     finally:
