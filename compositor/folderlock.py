@@ -23,6 +23,10 @@ class FolderInUseError(Exception):
         self.holder = holder
 
 
+class LockingUnsupportedError(OSError):
+    """The folder's file system has no flock (some network and FUSE file systems)."""
+
+
 class FolderLock:
     """Held from construction to `release()` (or the process's end). `holder` is written to the note, with
     this process's pid and the time; with `remove_note`, the note is removed again on release."""
@@ -37,6 +41,9 @@ class FolderLock:
         except BlockingIOError:
             os.close(self._fd)
             raise FolderInUseError(folder, _read_note(self.note)) from None
+        except OSError as exc:
+            os.close(self._fd)
+            raise LockingUnsupportedError(exc.errno, f"cannot lock {folder}: {exc.strerror or exc}") from None
         try:
             self.note.write_text(json.dumps({**holder, "pid": os.getpid(), "since": int(time.time())}))
         except BaseException:

@@ -139,6 +139,22 @@ def test_a_second_batch_into_a_folder_in_use_stops_in_one_line_and_touches_nothi
     assert not (out / ".compositor-batch.lock").exists()
 
 
+def test_a_folder_that_cannot_be_locked_is_written_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Some network and FUSE file systems have no flock: the batch runs, saying what it cannot promise."""
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr("compositor.folderlock.fcntl.flock", no_locks)
+    out = tmp_path / "out"
+    assert main(["batch", str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1"]) == 0
+    said = capsys.readouterr().err
+    assert f"cannot lock {out}" in said and "No locks available" in said
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "report.jsonl"]
+
+
 def test_a_batch_leaves_no_lock_behind(tmp_path: Path) -> None:
     out = tmp_path / "out"
     for _ in range(2):  # the second run is not refused by the first

@@ -75,7 +75,7 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from compositor.batch import REPORT_NAME, BatchRun, Progress
     from compositor.catalogue import CatalogueError, StoredInput, count_items, read_items, stored_input
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
-    from compositor.folderlock import FolderInUseError, FolderLock
+    from compositor.folderlock import FolderInUseError, FolderLock, LockingUnsupportedError
     from compositor.heap import prepare_render_process
     from compositor.sourcemap import SourceMapError
     from compositor.storage import Location, StorageError, open_location
@@ -115,7 +115,11 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             probe.unlink()
             # Held to the end: a second run into this folder would delete this one's partial results and
             # empty its report.
-            held.callback(FolderLock(output, ".compositor-batch.lock", {"kind": "batch"}, remove_note=True).release)
+            try:
+                lock = FolderLock(output, ".compositor-batch.lock", {"kind": "batch"}, remove_note=True)
+                held.callback(lock.release)
+            except LockingUnsupportedError as exc:
+                print(f"compositor: {exc.strerror}; run no other batch into it meanwhile", file=sys.stderr)
         report_at = str((output / REPORT_NAME).resolve()) if isinstance(output, Path) else output.url_of(REPORT_NAME)
         if report_at == (source.url if isinstance(source, StoredInput) else str(source.resolve())):
             print(
