@@ -73,3 +73,24 @@ def test_a_half_written_result_left_by_a_stopped_server_is_cleared_at_start(tmp_
     (results / "0123456789abcdef01234567.png").write_bytes(b"\x89PNG whole")
     with in_process_mirror(tmp_path / "data", result_ttl_s=TTL_S):
         assert [path.name for path in results.iterdir()] == ["0123456789abcdef01234567.png"]
+
+
+def test_a_reset_leaves_the_result_of_a_job_that_completed_after_it_forgot_the_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Traffic during a reset: a job submitted once the jobs are forgotten, and done before the reset ends, is
+    the new state's, and keeps its result."""
+    with in_process_mirror(tmp_path / "data", result_ttl_s=TTL_S) as (mirror, _):
+        results = mirror.settings.results_dir
+        (results / "0123456789abcdef01234567.png").write_bytes(b"\x89PNG an old result nobody recorded")
+        forget_all = mirror.store.forget_all
+        newcomer = results / "76543210fedcba9876543210.png"
+
+        def forget_then_a_job_completes() -> list[str]:
+            forgotten = forget_all()
+            newcomer.write_bytes(b"\x89PNG a new job's result")
+            return forgotten
+
+        monkeypatch.setattr(mirror.store, "forget_all", forget_then_a_job_completes)
+        mirror.reset()
+        assert [path.name for path in results.iterdir()] == [newcomer.name]

@@ -378,13 +378,14 @@ class Mirror:
         self.controls.reset()
         self.webhooks.forget()
         self.accounts.forget_rates()
+        # The folder is listed (for results no job records: a render that finished into nothing) before the jobs
+        # are forgotten, so a job submitted after that, and done before this ends, keeps its result. In a
+        # bucket only what the store recorded goes: the prefix is never listed, so nothing else under it is
+        # touched (another mirror's results, say); a render under way there is deleted when it comes back.
+        listed = [] if self._bucket is not None else list(self.settings.results_dir.glob("*.png"))
         for path in self.store.forget_all():
             self._delete_result(path)
-        if self._bucket is not None:
-            # Only what the store recorded: the prefix is never listed, so nothing else under it is touched
-            # (another mirror's results, say). A render under way is deleted when it comes back.
-            return
-        for leftover in self.settings.results_dir.glob("*.png"):
+        for leftover in listed:
             if leftover.stem not in self._in_flight:
                 leftover.unlink(missing_ok=True)
 
