@@ -5,6 +5,7 @@ receiver's backlog."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from compositor.mirror.accounts import Client
 from compositor.mirror.database import now_ms
@@ -217,3 +218,57 @@ def test_an_outbox_made_before_lanes_gets_them_at_start(tmp_path: Path) -> None:
     assert first.status == PROCESSING
     reopened.outbox.notice_attempted(first.id, delivered=True, http_status=200, error=None, retry_at_ms=None)
     assert [n.status for n in reopened.outbox.due_notices(10**15, set(), limit=10)] == [COMPLETED]
+
+
+def test_notices_read_just_before_a_reset_are_not_delivered_after_it(tmp_path: Path) -> None:
+    """The reset (the dispatcher forgets, the store forgets its jobs) lands between the dispatcher reading the
+    due notices and starting their deliveries: nothing goes out."""
+    import http.server
+    import threading
+    import time
+
+    from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
+    from compositor.outbound import OutboundPolicy
+
+    received: list[str] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            received.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job_with_hook(store, f"http://127.0.0.1:{httpd.server_address[1]}/hook")
+    store.claim_next()
+    dispatcher = WebhookDispatcher(store.outbox, lambda _: "a" * 32, RetryPolicy(), OutboundPolicy(deadline_s=5))
+    read = store.outbox.due_notices
+    reads: list[int] = []
+
+    def read_then_a_reset(*args: Any, **kwargs: Any) -> Any:
+        due = read(*args, **kwargs)
+        if due and not reads:
+            dispatcher.forget()
+            store.forget_all()
+        reads.append(len(due))
+        return due
+
+    store.outbox.due_notices = read_then_a_reset  # type: ignore[method-assign]
+    dispatcher.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not reads:
+            assert time.monotonic() < deadline, "waited 60 s for the dispatcher to read the outbox"
+            time.sleep(0.05)
+        time.sleep(1.5)  # a delivery would land by now (a negative check: a slow machine only weakens it)
+    finally:
+        dispatcher.stop()
+        httpd.shutdown()
+    assert reads[0] == 1 and received == []

@@ -385,6 +385,8 @@ class Mirror:
         listed = [] if self._bucket is not None else list(self.settings.results_dir.glob("*.png"))
         for path in self.store.forget_all():
             self._delete_result(path)
+        # Again, now that the outbox is empty: notices read after the first forget, before the rows went, stop.
+        self.webhooks.forget()
         for leftover in listed:
             if leftover.stem not in self._in_flight:
                 leftover.unlink(missing_ok=True)

@@ -164,6 +164,8 @@ class WebhookDispatcher:
         clients = Counter(notice.client_id for notice in in_flight.values())
         busy_lanes = {lane for lane, count in lanes.items() if count >= self.retry.per_host}
         busy_clients = {c for c, count in clients.items() if count >= self.retry.per_client}
+        # Before the read: a reset that lands between reading these notices and delivering them stops them.
+        generation = self._generation
         due = await asyncio.to_thread(
             self._outbox.due_notices, now_ms(), busy_lanes, busy_clients, free, set(in_flight), self.retry.per_host
         )
@@ -177,7 +179,7 @@ class WebhookDispatcher:
             lanes[notice.lane] += 1
             clients[notice.client_id] += 1
             in_flight[notice.id] = notice
-            task = asyncio.create_task(self._deliver(client, notice))
+            task = asyncio.create_task(self._deliver(client, notice, generation))
             tasks.add(task)
             task.add_done_callback(functools.partial(self._delivered, tasks, in_flight, notice.id))
 
@@ -189,12 +191,14 @@ class WebhookDispatcher:
         if self._wake is not None:
             self._wake.set()
 
-    async def _deliver(self, client: Any, notice: Notice) -> None:
+    async def _deliver(self, client: Any, notice: Notice, generation: int) -> None:
+        """`generation`: the reset count when `notice` was read."""
+        if generation != self._generation:
+            return  # forgotten by a reset since it was read
         secret = self._secret_for(notice.client_id)
         status: int | None = None
         error: str | None = None
         receiver_failed = False  # an attempt was made, and the receiver did not take it
-        generation = self._generation
         rule = self.faults.fire("webhook", notice.client_id) if self.faults is not None else None
         if rule is not None and rule.latency_ms:
             await asyncio.sleep(rule.latency_ms / 1000)
