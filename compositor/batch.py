@@ -70,7 +70,7 @@ from typing import IO, Any
 
 from compositor.catalogue import Item, field_problem
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
-from compositor.files import write_atomically, write_beside
+from compositor.files import leftovers, write_atomically, write_beside
 from compositor.signals import signals_noted
 from compositor.sourcemap import SourceMap
 from compositor.storage import LocalLocation, Location, ReportWriter, StorageError, open_location
@@ -272,11 +272,12 @@ class BatchRun:
         self.workers_write = not self._local or self.executor.local_disk
 
     def discard_partials(self) -> None:
-        """Remove the partial results workers wrote into a local folder and nobody renamed (items under way
-        when a batch stopped, a worker killed mid-write): call it once no worker of this run is left."""
-        if self._local and self.workers_write:
+        """Remove what was written into a local folder and never renamed into place: workers' results of items
+        under way when a batch stopped, and any result whose writer (a worker, or the client on Dask) was
+        killed mid-write. Call it once no writer of this run is left; the folder's lock keeps other runs out."""
+        if self._local:
             assert isinstance(self.output, LocalLocation)
-            for partial in self.output.root.glob(f".*{PARTIAL_SUFFIX}"):
+            for partial in [*leftovers(self.output.root, PARTIAL_SUFFIX), *leftovers(self.output.root)]:
                 partial.unlink(missing_ok=True)
 
     def run(self, items: Iterator[Item]) -> BatchSummary:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +64,13 @@ def _hidden_beside(target: Path, suffix: str, *, rename: bool) -> Iterator[IO[by
         if partial_name:
             Path(partial_name).unlink(missing_ok=True)
         raise
+
+
+def leftovers(folder: Path, suffix: str = "") -> Iterator[Path]:
+    """The hidden files (`.NAME.XXXXXXXX` + `suffix`) that writes into `folder` left when their process was
+    killed mid-write: remove them only while no such write can be under way (the folder's lock held)."""
+    shape = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(suffix))  # NamedTemporaryFile's eight characters
+    return (path for path in folder.glob(".*") if shape.fullmatch(path.name) and path.is_file())
 
 
 def _usual_mode(path: str) -> None:

@@ -112,7 +112,8 @@ def test_on_the_local_pool_the_workers_write_the_folder_and_only_outcomes_come_b
 def test_partial_results_a_killed_run_left_are_removed_by_the_next(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".000001.png.k1ll3d00.partial").write_bytes(b"\x89PNG cut")
+    (out / ".000001.png.k1ll3d00.partial").write_bytes(b"\x89PNG cut")  # a worker's, on the local pool
+    (out / ".000007.png.k1ll3d_1").write_bytes(b"\x89PNG cut")  # the client's (on Dask), killed mid-write
     (out / "notes.txt").write_text("a user's file stays")
     done = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1")
     assert done.returncode == 0, done.stderr

@@ -36,6 +36,7 @@ from typing import IO, Any, TypeVar
 from compositor.budget import MB
 from compositor.errors import ApiCode, InvalidRequestError
 from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
+from compositor.files import leftovers
 from compositor.layout import CompositeRequest
 from compositor.mirror.accounts import Accounts, Client
 from compositor.mirror.api_error import ApiError
@@ -190,7 +191,7 @@ class Mirror:
             settings.uploads_dir.mkdir(exist_ok=True)
             # The lock is held, so no job is rendering and no upload arriving here yet: a half-written result
             # (`atomic_file`'s `.NAME.XXXXXXXX`) or a partial upload is one a stopped server left.
-            _remove_all(settings.results_dir.glob(".*.png.*"))
+            _remove_all(leftovers(settings.results_dir))
             _remove_all(settings.uploads_dir.glob(UPLOAD_PARTIAL_PREFIX + "*"))
             self.accounts = Accounts(
                 list(settings.clients), _signing_key(settings.data_dir), open_registration=settings.open_accounts
