@@ -75,7 +75,7 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from compositor.batch import REPORT_NAME, BatchRun, Progress
     from compositor.catalogue import CatalogueError, StoredInput, count_items, read_items, stored_input
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
-    from compositor.folderlock import FolderInUseError, FolderLock, LockingUnsupportedError
+    from compositor.folderlock import FolderInUseError, FolderLock, FolderLockError, LockingUnsupportedError
     from compositor.heap import prepare_render_process
     from compositor.sourcemap import SourceMapError
     from compositor.storage import Location, StorageError, open_location
@@ -116,10 +116,9 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             # Held to the end: a second run into this folder would delete this one's partial results and
             # empty its report.
             try:
-                lock = FolderLock(output, ".compositor-batch.lock", {"kind": "batch"}, remove_note=True)
-                held.callback(lock.release)
+                held.callback(FolderLock(output, "batch", {}, remove_note=True).release)
             except LockingUnsupportedError as exc:
-                print(f"compositor: {exc.strerror}; run no other batch into it meanwhile", file=sys.stderr)
+                print(f"compositor: {exc}; run no other batch into it meanwhile", file=sys.stderr)
         report_at = str((output / REPORT_NAME).resolve()) if isinstance(output, Path) else output.url_of(REPORT_NAME)
         if report_at == (source.url if isinstance(source, StoredInput) else str(source.resolve())):
             print(
@@ -135,6 +134,9 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         return EXIT_UNUSABLE
     except FolderInUseError as exc:
         print(f"compositor: the output folder {exc}: wait for it to end, or give -o another folder", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except FolderLockError as exc:
+        print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     except OSError as exc:
         print(f"compositor: cannot write to {args.output}: {exc.strerror or exc}", file=sys.stderr)

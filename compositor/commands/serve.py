@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from compositor.mirror import config
     from compositor.mirror.connections import droppable_protocol
     from compositor.mirror.database import StoreError
-    from compositor.mirror.lock import DataDirInUseError
+    from compositor.mirror.lock import DataDirUnavailableError
     from compositor.mirror.responses import create_app
     from compositor.mirror.service import Mirror
     from compositor.storage import StorageError
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNUSABLE
     try:
         mirror = Mirror(served.settings)
-    except (DataDirInUseError, StoreError, OSError, ExecutorUnavailable, StorageError) as exc:
+    except (DataDirUnavailableError, StoreError, OSError, ExecutorUnavailable, StorageError) as exc:
         listener.close()
         print(f"compositor: {one_line(exc)}", file=sys.stderr)
         return EXIT_UNUSABLE

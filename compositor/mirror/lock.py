@@ -1,16 +1,17 @@
 """One mirror per data dir. Two servers on one job store would each take the
 other's live jobs for interrupted ones and render them twice, so the second
-refuses to start, naming the first (see `compositor.folderlock`)."""
+refuses to start, naming the first (see `compositor.folderlock`); so does a
+data dir that cannot be locked, since nothing would then keep two apart."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from compositor.folderlock import FolderInUseError, FolderLock, describe_holder
+from compositor.folderlock import FolderInUseError, FolderLock, FolderLockError, describe_holder
 
 
-class DataDirInUseError(Exception):
-    """Another process holds the data dir."""
+class DataDirUnavailableError(Exception):
+    """Another process holds the data dir, or it cannot be locked."""
 
 
 class DataDirLock:
@@ -18,11 +19,16 @@ class DataDirLock:
 
     def __init__(self, data_dir: Path, holder: dict[str, object]) -> None:
         try:
-            self._lock = FolderLock(data_dir, "mirror.lock", {"kind": "mirror", **holder})
+            self._lock = FolderLock(data_dir, "mirror", holder)
         except FolderInUseError as exc:
-            raise DataDirInUseError(
+            raise DataDirUnavailableError(
                 f"the data dir {data_dir} is in use by {describe_holder(exc.holder)}: stop it, or pass another"
                 " --data-dir"
+            ) from None
+        except FolderLockError as exc:
+            raise DataDirUnavailableError(
+                f"{exc}: the data dir must be on a file system with locks (flock), which keep two mirrors from"
+                " sharing it; pass another --data-dir"
             ) from None
         self.path = self._lock.note
 
