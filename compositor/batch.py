@@ -18,7 +18,7 @@ crosses back to the client.
   lost Dask worker) writes the same bytes to the same name; the client
   records each answer once.
 - a local folder, on the local pool: the worker writes the result beside
-  its name (`.NAME.XXXXXXXX.partial`) and the client renames it into place
+  its name (`.NAME.compositor-XXXXXXXX.partial`) and the client renames it into place
   and writes its report line in one step that Ctrl-C waits for, so every
   result in the folder has its line. Partial files of items under way when
   a batch stops (or of a worker killed mid-write) are removed when it ends,

@@ -10,6 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+# In every hidden file written beside its target, so that only those are ever taken for leftovers.
+_MARK = "compositor-"
+
 
 @contextmanager
 def atomic_file(target: Path) -> Iterator[IO[bytes]]:
@@ -36,7 +39,7 @@ def write_atomically(target: Path, data: bytes) -> None:
 
 
 def write_beside(target: Path, data: bytes, suffix: str) -> Path:
-    """`data` in a new hidden file beside `target` (`.NAME.XXXXXXXX` + `suffix`,
+    """`data` in a new hidden file beside `target` (`.NAME.compositor-XXXXXXXX` + `suffix`,
     in its folder, with the usual mode), for whoever renames it onto `target`
     later: batch's worker writes a result so, and its client renames it once
     the item's report line can follow at once. A failed write leaves nothing."""
@@ -47,13 +50,13 @@ def write_beside(target: Path, data: bytes, suffix: str) -> Path:
 
 @contextmanager
 def _hidden_beside(target: Path, suffix: str, *, rename: bool) -> Iterator[IO[bytes]]:
-    """A new file `.NAME.XXXXXXXX` + `suffix` in `target`'s folder, given the
+    """A new file `.NAME.compositor-XXXXXXXX` + `suffix` in `target`'s folder, given the
     usual mode once the block ends and, with `rename`, renamed onto `target`.
     If the block or either step fails, nothing is left of it."""
     partial_name = ""
     try:
         with tempfile.NamedTemporaryFile(
-            dir=target.parent, prefix=f".{target.name}.", suffix=suffix, delete=False
+            dir=target.parent, prefix=f".{target.name}.{_MARK}", suffix=suffix, delete=False
         ) as partial:
             partial_name = partial.name
             yield partial
@@ -67,9 +70,10 @@ def _hidden_beside(target: Path, suffix: str, *, rename: bool) -> Iterator[IO[by
 
 
 def leftovers(folder: Path, suffix: str = "") -> Iterator[Path]:
-    """The hidden files (`.NAME.XXXXXXXX` + `suffix`) that writes into `folder` left when their process was
-    killed mid-write: remove them only while no such write can be under way (the folder's lock held)."""
-    shape = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(suffix))  # NamedTemporaryFile's eight characters
+    """The hidden files (`.NAME.compositor-XXXXXXXX` + `suffix`) that writes into `folder` left when their
+    process was killed mid-write: remove them only while no such write can be under way (the folder's lock
+    held). The mark is what keeps a user's own hidden files (`.env.template`) out of it."""
+    shape = re.compile(r"\..+\." + re.escape(_MARK) + r"[a-z0-9_]{8}" + re.escape(suffix))  # tempfile's 8
     return (path for path in folder.glob(".*") if shape.fullmatch(path.name) and path.is_file())
 
 

@@ -112,27 +112,29 @@ def test_on_the_local_pool_the_workers_write_the_folder_and_only_outcomes_come_b
 def test_partial_results_a_killed_run_left_are_removed_by_the_next(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".000001.png.k1ll3d00.partial").write_bytes(b"\x89PNG cut")  # a worker's, on the local pool
-    (out / ".000007.png.k1ll3d_1").write_bytes(b"\x89PNG cut")  # the client's (on Dask), killed mid-write
-    (out / "notes.txt").write_text("a user's file stays")
+    (out / ".000001.png.compositor-k1ll3d00.partial").write_bytes(b"\x89PNG cut")  # a worker's, on the local pool
+    (out / ".000007.png.compositor-k1ll3d_1").write_bytes(b"\x89PNG cut")  # the client's (on Dask), killed mid-write
+    users = ["notes.txt", ".bashrc.original", ".notes.20240101", ".photo.png.original", ".keep.partial"]
+    for name in users:  # a user's files stay, hidden ones too, whatever their names look like
+        (out / name).write_text("a user's file")
     done = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1")
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "notes.txt", "report.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["000001.png", "report.jsonl", *users])
 
 
 def test_a_second_batch_into_a_folder_in_use_stops_in_one_line_and_touches_nothing(tmp_path: Path) -> None:
     """A batch still writing `out` (its lock held here, as its process holds it) keeps its partial results and its
     report: a second run into the same folder would have deleted the one and emptied the other."""
     out = tmp_path / "out"
-    running = FolderLock(out, ".compositor-batch.lock", {"kind": "batch"}, remove_note=True)
+    running = FolderLock(out, "batch", {}, remove_note=True)
     try:
-        (out / ".000001.png.runn1ng0.partial").write_bytes(b"\x89PNG being written")
+        (out / ".000001.png.compositor-runn1ng0.partial").write_bytes(b"\x89PNG being written")
         (out / "report.jsonl").write_text('{"id": "000001", "status": "done"}\n')
         second = batch(str(write_jsonl(tmp_path / "in.jsonl", [body(2)])), "-o", str(out), "--workers", "1")
         assert second.returncode == 2
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and str(out) in lines[0] and f"the batch with pid {os.getpid()}" in lines[0], lines
-        assert (out / ".000001.png.runn1ng0.partial").read_bytes() == b"\x89PNG being written"
+        assert (out / ".000001.png.compositor-runn1ng0.partial").read_bytes() == b"\x89PNG being written"
         assert (out / "report.jsonl").read_text() == '{"id": "000001", "status": "done"}\n'
         assert not (out / "000002.png").exists()
     finally:

@@ -62,17 +62,19 @@ def test_a_partial_upload_left_by_a_stopped_server_is_cleared_at_start(tmp_path:
     uploads = tmp_path / "data" / "uploads"
     uploads.mkdir(parents=True)
     (uploads / ".upload-left-by-a-crash").write_bytes(b"half an image")
+    (uploads / ".upload-a-folder-made-by-hand").mkdir()  # not the mirror's: left, and no reason to stop
     with in_process_mirror(tmp_path / "data", result_ttl_s=TTL_S):
-        assert list(uploads.iterdir()) == []
+        assert [path.name for path in uploads.iterdir()] == [".upload-a-folder-made-by-hand"]
 
 
 def test_a_half_written_result_left_by_a_stopped_server_is_cleared_at_start(tmp_path: Path) -> None:
     results = tmp_path / "data" / "results"
     results.mkdir(parents=True)
-    (results / ".0123456789abcdef01234567.png.k1ll3d00").write_bytes(b"\x89PNG cut")
+    (results / ".0123456789abcdef01234567.png.compositor-k1ll3d00").write_bytes(b"\x89PNG cut")
     (results / "0123456789abcdef01234567.png").write_bytes(b"\x89PNG whole")
+    (results / ".env.template").write_text("a file of someone's, in a --results folder they chose")
     with in_process_mirror(tmp_path / "data", result_ttl_s=TTL_S):
-        assert [path.name for path in results.iterdir()] == ["0123456789abcdef01234567.png"]
+        assert sorted(path.name for path in results.iterdir()) == [".env.template", "0123456789abcdef01234567.png"]
 
 
 def test_a_reset_leaves_the_result_of_a_job_that_completed_after_it_forgot_the_jobs(

@@ -190,7 +190,7 @@ class Mirror:
                 settings.results_dir.mkdir(exist_ok=True)
             settings.uploads_dir.mkdir(exist_ok=True)
             # The lock is held, so no job is rendering and no upload arriving here yet: a half-written result
-            # (`atomic_file`'s `.NAME.XXXXXXXX`) or a partial upload is one a stopped server left.
+            # (`atomic_file`'s `.NAME.compositor-XXXXXXXX`) or a partial upload is one a stopped server left.
             _remove_all(leftovers(settings.results_dir))
             _remove_all(settings.uploads_dir.glob(UPLOAD_PARTIAL_PREFIX + "*"))
             self.accounts = Accounts(
@@ -677,8 +677,10 @@ class Mirror:
 
 
 def _remove_all(paths: Iterator[Path]) -> None:
+    """The files among `paths` removed (a folder of the same name, made by hand, is left)."""
     for path in paths:
-        path.unlink(missing_ok=True)
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
 
 
 def _result_name(job: Job) -> str:
