@@ -116,13 +116,23 @@ class BatchSummary:
     skipped: int = 0
     warned: int = 0  # items whose line has warnings (refused under --strict or not)
     not_run: int = 0  # items under way when the batch stopped
-    stopped_by: str | None = None  # "interrupted", or why the executor stopped
+    stopped_by: str | None = None  # "interrupted" (Ctrl-C), "terminated" (SIGTERM), or why the executor stopped
 
     @property
     def exit_code(self) -> int:
         if self.stopped_by is not None:
-            return 130 if self.stopped_by == "interrupted" else 2
+            return {"interrupted": 130, "terminated": 143}.get(self.stopped_by, 2)
         return 1 if self.failed else 0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a container's stop, systemd, `timeout`), raised where Ctrl-C would be and handled as it is:
+    the batch stops cleanly and says so; the exit status is 143."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler (see `Terminated`)."""
+    raise Terminated
 
 
 class BatchOutputError(Exception):
@@ -292,8 +302,8 @@ class BatchRun:
             return self.summary
         try:
             self._pump(items, in_flight)
-        except KeyboardInterrupt:
-            self.summary.stopped_by = "interrupted"
+        except KeyboardInterrupt as stop:
+            self.summary.stopped_by = "terminated" if isinstance(stop, Terminated) else "interrupted"
         except (ExecutorUnavailable, BatchOutputError) as exc:
             self.summary.stopped_by = str(exc)
         finally:
@@ -433,14 +443,14 @@ class BatchRun:
             self._record(item, "failed", outcome.code, outcome.errors, outcome.seconds, outcome.warnings)
             return
         if outcome.partial is not None:  # the worker wrote it beside its name, in a local folder
-            with _ctrl_c_waits():  # a result in the folder always has its report line
+            with _stops_wait():  # a result in the folder always has its report line
                 self._rename(item, outcome.partial)
                 self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
             return
         if outcome.png is None:  # the worker wrote it
             self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
             return
-        with _ctrl_c_waits():  # a result on disk always has its report line
+        with _stops_wait():  # a result on disk always has its report line
             self._write(item, outcome.png)
             self._record(item, "done", outcome.code, [], outcome.seconds, outcome.warnings, outcome)
 
@@ -537,18 +547,18 @@ class _ReportLines:
 
 
 @contextlib.contextmanager
-def _ctrl_c_waits() -> Iterator[None]:
-    """Ctrl-C (SIGINT) held back until the block ends, then handled as usual: a
-    stop between writing a result and writing its report line would leave a
-    file the report does not list."""
-    with signals_noted(signal.SIGINT) as caught:
+def _stops_wait() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM held back until the block ends, then handled
+    as usual: a stop between writing a result and writing its report line
+    would leave a file the report does not list."""
+    with signals_noted(signal.SIGINT, signal.SIGTERM) as caught:
         yield
-    if caught:
-        previous = signal.getsignal(signal.SIGINT)
+    for signum in caught[:1]:
+        previous = signal.getsignal(signum)
         if callable(previous):
-            previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt here
+            previous(signum, None)  # Python's SIGINT handler raises KeyboardInterrupt; batch's SIGTERM, Terminated
         elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 
 
 class Progress:

@@ -272,6 +272,32 @@ def test_ctrl_c_stops_cleanly_and_resume_carries_on(tmp_path: Path) -> None:
     assert len(list(out.glob("*.png"))) == 200
 
 
+def test_sigterm_stops_as_ctrl_c_does_and_resume_carries_on(tmp_path: Path) -> None:
+    """What a container stop, systemd or `timeout` sends: it used to end the batch at once, with no last line,
+    and could land between a result and its report line."""
+    source = write_jsonl(tmp_path / "in.jsonl", [body(i, side=1024) for i in range(200)])
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [str(BIN / "compositor"), "batch", str(source), "-o", str(out), "--workers", "2"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: any(out.glob("*.png")) or process.poll() is not None, "a first result written")
+    assert process.poll() is None, "the batch ended before it could be stopped"
+    process.terminate()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("compositor: terminated: ") and "--resume carries on" in lines[-1], stderr
+    assert "Traceback" not in stderr
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing half-written, no lock note
+    written = {line["id"] for line in report(out)}
+    assert {p.stem for p in out.glob("*.png")} == written and 0 < len(written) < 200
+    resumed = batch(str(source), "-o", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(list(out.glob("*.png"))) == 200
+
+
 def vm_hwm_kib(pid: int) -> int | None:
     """The process's VmHWM in KiB; None once it has exited (a zombie's status has no memory lines)."""
     found = re.search(r"^VmHWM:\s*(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from compositor.commands.common import (
@@ -63,12 +65,17 @@ def _local(target: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from compositor.batch import Terminated, raise_terminated
+
     try:
         with contextlib.ExitStack() as held:
+            if threading.current_thread() is threading.main_thread():  # where a handler can be set
+                held.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, raise_terminated))
             return _run_batch(args, held)
-    except KeyboardInterrupt:  # outside the run's own handling: counting the input, starting or stopping workers
-        print("compositor: interrupted; what was written stays whole (--resume carries on)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # outside the run's own handling: counting the input, starting or stopping
+        said = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"compositor: {said}; what was written stays whole (--resume carries on)", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
@@ -176,8 +183,8 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     report = run.output.url_of(REPORT_NAME)
     counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped"
     line = f"{counts}, {summary.warned} with warnings; report in {report}"
-    if summary.stopped_by == "interrupted":
-        line = f"interrupted: {line}; {summary.not_run} under way were dropped (--resume carries on)"
+    if summary.stopped_by in ("interrupted", "terminated"):
+        line = f"{summary.stopped_by}: {line}; {summary.not_run} under way were dropped (--resume carries on)"
     elif summary.stopped_by is not None:
         line = f"stopped, {summary.stopped_by}: {line}; {summary.not_run} under way were dropped (--resume carries on)"
     print(f"compositor: {line}", file=sys.stderr)
