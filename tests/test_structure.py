@@ -22,7 +22,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "engine": (
         "codes", "text", "geometry", "layout", "report", "errors", "references", "request", "budget", "files",
         "sourcemap", "outbound", "sources", "preflight", "preview", "timings", "threads", "heap", "raster", "weights",
-        "removebg", "png", "encode", "engine", "catalogue", "signals", "logs", "storage",
+        "removebg", "png", "encode", "engine", "catalogue", "signals", "logs", "storage", "folderlock",
     ),
     "executors": ("pool", "executors", "batch"),
     "mirror": ("mirror",),
