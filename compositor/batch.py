@@ -71,7 +71,7 @@ from typing import IO, Any
 from compositor.catalogue import Item, field_problem
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
 from compositor.files import leftovers, write_atomically, write_beside
-from compositor.signals import signals_noted
+from compositor.signals import Terminated, signals_noted
 from compositor.sourcemap import SourceMap
 from compositor.storage import LocalLocation, Location, ReportWriter, StorageError, open_location
 
@@ -124,15 +124,6 @@ class BatchSummary:
             return {"interrupted": 130, "terminated": 143}.get(self.stopped_by, 2)
         return 1 if self.failed else 0
 
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a container's stop, systemd, `timeout`), raised where Ctrl-C would be and handled as it is:
-    the batch stops cleanly and says so; the exit status is 143."""
-
-
-def raise_terminated(signum: int, frame: object) -> None:
-    """A SIGTERM handler (see `Terminated`)."""
-    raise Terminated
 
 
 class BatchOutputError(Exception):
@@ -556,7 +547,7 @@ def _stops_wait() -> Iterator[None]:
     for signum in caught[:1]:
         previous = signal.getsignal(signum)
         if callable(previous):
-            previous(signum, None)  # Python's SIGINT handler raises KeyboardInterrupt; batch's SIGTERM, Terminated
+            previous(signum, None)  # Python's SIGINT handler raises KeyboardInterrupt, the commands' SIGTERM Terminated
         elif previous == signal.SIG_DFL:
             raise KeyboardInterrupt if signum == signal.SIGINT else Terminated
 

@@ -2,7 +2,8 @@
 
 Only the dispatch lives here; each command is a module of
 `compositor.commands`, holding its arguments and its run. Exit codes: 0 done,
-1 invalid body, 2 a source, model or setting that cannot be used.
+1 invalid body, 2 a source, model or setting that cannot be used, 130 after
+Ctrl-C, 143 after SIGTERM (each stops cleanly, and says which).
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from typing import Any, NoReturn
 
 from compositor.commands import batch, models, render, serve, submit, validate
 from compositor.commands.common import EXIT_OK
+from compositor.signals import Terminated, raise_terminated
 
 # Commands that do one job and end: nothing of theirs needs the interpreter's
 # tear-down (see `run`). `serve` is not one: its workers and threads end there.
@@ -56,10 +60,17 @@ def _dispatch(argv: list[str] | None) -> tuple[int, str]:
 
         logging.basicConfig(format="compositor: %(message)s", level=logging.WARNING)
     handler: Any = args.handler
-    try:
-        return int(handler(args)), args.command
-    except BrokenPipeError:
-        return EXIT_OK, args.command
+    with contextlib.ExitStack() as held:
+        if threading.current_thread() is threading.main_thread():  # where a handler can be set
+            held.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, raise_terminated))
+        try:
+            return int(handler(args)), args.command
+        except BrokenPipeError:
+            return EXIT_OK, args.command
+        except KeyboardInterrupt as stop:  # what the command left to Python: its files are whole or gone
+            terminated = isinstance(stop, Terminated)
+            print(f"compositor: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            return (143 if terminated else 130), args.command
 
 
 def _build_parser() -> argparse.ArgumentParser:

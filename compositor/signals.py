@@ -5,7 +5,9 @@ kernel gave the signal to, so only a handler swapped in from the main thread
 holds a signal back for the whole process (a thread's signal mask does not:
 another thread may take it). Used where a stop must not land mid-step (a
 batch's result and its report line) and where a stop asked for is a clean
-exit rather than a traceback (`serve`)."""
+exit rather than a traceback (`serve`). SIGTERM, what a container's stop,
+systemd and `timeout` send, is raised as `Terminated`, a KeyboardInterrupt,
+so that every command stops on it as cleanly as on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -31,3 +33,12 @@ def signals_noted(*signums: int) -> Iterator[list[int]]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be and handled as it is; the exit status is 143, not 130."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """The SIGTERM handler every command runs under (see `Terminated`)."""
+    raise Terminated

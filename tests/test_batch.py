@@ -298,6 +298,29 @@ def test_sigterm_stops_as_ctrl_c_does_and_resume_carries_on(tmp_path: Path) -> N
     assert len(list(out.glob("*.png"))) == 200
 
 
+def test_a_stop_asked_for_again_while_the_batch_ends_still_gets_the_cleanup_and_the_last_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second SIGTERM (or Ctrl-C) landing while the workers are being stopped used to skip the removal of
+    their partial files and the summary line."""
+    from compositor.executors import LocalExecutor
+
+    real_shutdown = LocalExecutor.shutdown
+
+    def shutdown_meets_a_sigterm(self: LocalExecutor) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_shutdown(self)
+
+    monkeypatch.setattr(LocalExecutor, "shutdown", shutdown_meets_a_sigterm)
+    out = tmp_path / "out"
+    (out / ".000009.png.compositor-und3rw4y.partial").parent.mkdir()
+    (out / ".000009.png.compositor-und3rw4y.partial").write_bytes(b"\x89PNG cut")
+    code = main(["batch", str(write_jsonl(tmp_path / "in.jsonl", [body(1)])), "-o", str(out), "--workers", "1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 143 and last.startswith("compositor: terminated: 1 done, 0 failed"), last
+    assert sorted(p.name for p in out.iterdir()) == ["000001.png", "report.jsonl"]
+
+
 def vm_hwm_kib(pid: int) -> int | None:
     """The process's VmHWM in KiB; None once it has exited (a zombie's status has no memory lines)."""
     found = re.search(r"^VmHWM:\s*(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)

@@ -204,3 +204,40 @@ def test_submit_sends_nothing_when_a_local_file_is_not_a_whole_image(
     assert _Recorder.seen == []  # not one request: nothing was sent
     assert code == 2 and err.count("\n") == 0 and err.startswith(f"compositor: {field}: "), err
     assert not (request_dir / "out.png").exists()
+
+
+def test_sigterm_mid_write_leaves_no_half_file_and_says_terminated(request_dir: Path) -> None:
+    """SIGTERM while the output is being written (here: as its first bytes go out) ends `render` as Ctrl-C does:
+    the hidden file it was writing is removed, an existing output stays, and it says so (exit 143)."""
+    out = request_dir / "keep.png"
+    out.write_bytes(b"precious")
+    script = (
+        "import os, signal, sys\n"
+        "import compositor.files as files\n"
+        "real = files.atomic_file\n"
+        "def killed_mid_write(target):\n"
+        "    cm = real(target)\n"
+        "    class Sink:\n"
+        "        def __enter__(self):\n"
+        "            sink = cm.__enter__()\n"
+        "            sink.write(b'half')\n"
+        "            os.kill(os.getpid(), signal.SIGTERM)\n"
+        "            return sink\n"
+        "        def __exit__(self, *exc):\n"
+        "            return cm.__exit__(*exc)\n"
+        "    return Sink()\n"
+        "files.atomic_file = killed_mid_write\n"
+        "from compositor.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "render", str(request_dir / "ok.json"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=request_dir,
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "compositor: terminated" and "Traceback" not in done.stderr
+    assert out.read_bytes() == b"precious"
+    assert [p.name for p in request_dir.iterdir() if p.name.startswith(".keep")] == []

@@ -7,7 +7,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from compositor.commands.common import (
@@ -65,12 +64,10 @@ def _local(target: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compositor.batch import Terminated, raise_terminated
+    from compositor.signals import Terminated
 
     try:
         with contextlib.ExitStack() as held:
-            if threading.current_thread() is threading.main_thread():  # where a handler can be set
-                held.callback(signal.signal, signal.SIGTERM, signal.signal(signal.SIGTERM, raise_terminated))
             return _run_batch(args, held)
     except KeyboardInterrupt as stop:  # outside the run's own handling: counting the input, starting or stopping
         said = "terminated" if isinstance(stop, Terminated) else "interrupted"
@@ -84,6 +81,7 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
     from compositor.folderlock import FolderInUseError, FolderLock, FolderLockError, LockingUnsupportedError
     from compositor.heap import prepare_render_process
+    from compositor.signals import signals_noted
     from compositor.sourcemap import SourceMapError
     from compositor.storage import Location, StorageError, open_location
 
@@ -178,8 +176,13 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     finally:
-        executor.shutdown()
-        run.discard_partials()  # of items under way at a stop: no worker is left to finish them
+        # A stop asked for again while the batch is ending (a second Ctrl-C or SIGTERM) waits: the workers
+        # are stopped and their partial files removed, and the last line is said, whatever comes meanwhile.
+        with signals_noted(signal.SIGINT, signal.SIGTERM) as again:
+            executor.shutdown()
+            run.discard_partials()  # of items under way at a stop: no worker is left to finish them
+    if again and summary.stopped_by is None:
+        summary.stopped_by = "terminated" if again[0] == signal.SIGTERM else "interrupted"
     report = run.output.url_of(REPORT_NAME)
     counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped"
     line = f"{counts}, {summary.warned} with warnings; report in {report}"
