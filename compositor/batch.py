@@ -125,7 +125,6 @@ class BatchSummary:
         return 1 if self.failed else 0
 
 
-
 class BatchOutputError(Exception):
     """An output (a result, the report) cannot be written: the batch stops; the message says which, in one line."""
 
