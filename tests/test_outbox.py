@@ -11,6 +11,7 @@ from compositor.mirror.accounts import Client
 from compositor.mirror.database import now_ms
 from compositor.mirror.jobs import COMPLETED, PROCESSING, JobStore
 from compositor.mirror.outbox import lane_of
+from tests.test_mirror import Receiver, receiver  # noqa: F401  (receiver is a fixture)
 
 CLIENT = Client("alpha", "a" * 32)
 
@@ -220,33 +221,19 @@ def test_an_outbox_made_before_lanes_gets_them_at_start(tmp_path: Path) -> None:
     assert [n.status for n in reopened.outbox.due_notices(10**15, set(), limit=10)] == [COMPLETED]
 
 
-def test_notices_read_just_before_a_reset_are_not_delivered_after_it(tmp_path: Path) -> None:
+def test_notices_read_just_before_a_reset_are_not_delivered_after_it(
+    tmp_path: Path,
+    receiver: Receiver,  # noqa: F811
+) -> None:
     """The reset (the dispatcher forgets, the store forgets its jobs) lands between the dispatcher reading the
     due notices and starting their deliveries: nothing goes out."""
-    import http.server
-    import threading
     import time
 
     from compositor.mirror.webhooks import RetryPolicy, WebhookDispatcher
     from compositor.outbound import OutboundPolicy
 
-    received: list[str] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["content-length"]))
-            received.append(self.path)
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     store = JobStore(tmp_path / "jobs.sqlite3")
-    job_with_hook(store, f"http://127.0.0.1:{httpd.server_address[1]}/hook")
+    job_with_hook(store, receiver.url)
     store.claim_next()
     dispatcher = WebhookDispatcher(store.outbox, lambda _: "a" * 32, RetryPolicy(), OutboundPolicy(deadline_s=5))
     read = store.outbox.due_notices
@@ -270,5 +257,4 @@ def test_notices_read_just_before_a_reset_are_not_delivered_after_it(tmp_path: P
         time.sleep(1.5)  # a delivery would land by now (a negative check: a slow machine only weakens it)
     finally:
         dispatcher.stop()
-        httpd.shutdown()
-    assert reads[0] == 1 and received == []
+    assert reads[0] == 1 and receiver.payloads == []
