@@ -246,7 +246,16 @@ def sigint_raises() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_stops_cleanly_and_resume_carries_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "exit_code", "said"),
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_a_stop_mid_run_is_clean_and_resume_carries_on(
+    tmp_path: Path, stop: signal.Signals, exit_code: int, said: str
+) -> None:
+    """Ctrl-C, and SIGTERM (what a container stop, systemd or `timeout` sends: it used to end the batch at once,
+    with no last line, and could land between a result and its report line)."""
     # Enough items that the batch cannot finish between its first result and the signal on a loaded machine.
     source = write_jsonl(tmp_path / "in.jsonl", [body(i, side=1024) for i in range(200)])
     out = tmp_path / "out"
@@ -257,42 +266,18 @@ def test_ctrl_c_stops_cleanly_and_resume_carries_on(tmp_path: Path) -> None:
         preexec_fn=sigint_as_in_a_terminal,
     )
     wait_until(lambda: any(out.glob("*.png")) or process.poll() is not None, "a first result written")
-    assert process.poll() is None, "the batch ended before it could be interrupted"
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing half-written
-    written = {line["id"] for line in report(out)}
-    assert {p.stem for p in out.glob("*.png")} == written and 0 < len(written) < 200
-    for path in out.glob("*.png"):
-        Image.open(path).load()  # every file that is there is whole
-    resumed = batch(str(source), "-o", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr
-    assert len(list(out.glob("*.png"))) == 200
-
-
-def test_sigterm_stops_as_ctrl_c_does_and_resume_carries_on(tmp_path: Path) -> None:
-    """What a container stop, systemd or `timeout` sends: it used to end the batch at once, with no last line,
-    and could land between a result and its report line."""
-    source = write_jsonl(tmp_path / "in.jsonl", [body(i, side=1024) for i in range(200)])
-    out = tmp_path / "out"
-    process = subprocess.Popen(
-        [str(BIN / "compositor"), "batch", str(source), "-o", str(out), "--workers", "2"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_until(lambda: any(out.glob("*.png")) or process.poll() is not None, "a first result written")
     assert process.poll() is None, "the batch ended before it could be stopped"
-    process.terminate()
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr
+    assert process.returncode == exit_code, stderr
     lines = stderr.strip().splitlines()
-    assert lines[-1].startswith("compositor: terminated: ") and "--resume carries on" in lines[-1], stderr
+    assert lines[-1].startswith(f"compositor: {said}: ") and "--resume carries on" in lines[-1], stderr
     assert "Traceback" not in stderr
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # nothing half-written, no lock note
     written = {line["id"] for line in report(out)}
     assert {p.stem for p in out.glob("*.png")} == written and 0 < len(written) < 200
+    for path in out.glob("*.png"):
+        Image.open(path).load()  # every file that is there is whole
     resumed = batch(str(source), "-o", str(out), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert len(list(out.glob("*.png"))) == 200
