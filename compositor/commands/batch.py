@@ -134,13 +134,10 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             return EXIT_UNUSABLE
         if total is None:
             total = count_items(source)
-    except (CatalogueError, SourceMapError, StorageError) as exc:
-        print(f"compositor: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
     except FolderInUseError as exc:
         print(f"compositor: the output folder {exc}: wait for it to end, or give -o another folder", file=sys.stderr)
         return EXIT_UNUSABLE
-    except FolderLockError as exc:
+    except (CatalogueError, SourceMapError, StorageError, FolderLockError) as exc:
         print(f"compositor: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE
     except OSError as exc:
