@@ -277,7 +277,7 @@ class BatchRun:
         killed mid-write. Call it once no writer of this run is left; the folder's lock keeps other runs out."""
         if self._local:
             assert isinstance(self.output, LocalLocation)
-            for partial in [*leftovers(self.output.root, PARTIAL_SUFFIX), *leftovers(self.output.root)]:
+            for partial in list(leftovers(self.output.root, ("", PARTIAL_SUFFIX))):
                 partial.unlink(missing_ok=True)
 
     def run(self, items: Iterator[Item]) -> BatchSummary:

@@ -69,11 +69,12 @@ def _hidden_beside(target: Path, suffix: str, *, rename: bool) -> Iterator[IO[by
         raise
 
 
-def leftovers(folder: Path, suffix: str = "") -> Iterator[Path]:
-    """The hidden files (`.NAME.compositor-XXXXXXXX` + `suffix`) that writes into `folder` left when their
-    process was killed mid-write: remove them only while no such write can be under way (the folder's lock
-    held). The mark is what keeps a user's own hidden files (`.env.template`) out of it."""
-    shape = re.compile(r"\..+\." + re.escape(_MARK) + r"[a-z0-9_]{8}" + re.escape(suffix))  # tempfile's 8
+def leftovers(folder: Path, suffixes: tuple[str, ...] = ("",)) -> Iterator[Path]:
+    """The hidden files (`.NAME.compositor-XXXXXXXX` + one of `suffixes`) that writes into `folder` left when
+    their process was killed mid-write, in one listing of the folder: remove them only while no such write can
+    be under way (the folder's lock held). The mark keeps a user's own hidden files (`.env.template`) out."""
+    ends = "|".join(map(re.escape, suffixes))
+    shape = re.compile(r"\..+\." + re.escape(_MARK) + r"[a-z0-9_]{8}(?:" + ends + ")")  # tempfile's 8 characters
     return (path for path in folder.glob(".*") if shape.fullmatch(path.name) and path.is_file())
 
 
