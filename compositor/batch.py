@@ -71,7 +71,7 @@ from typing import IO, Any
 from compositor.catalogue import Item, field_problem
 from compositor.executors import ExecutorUnavailable, RenderExecutor, WorkerDied, WorkerError
 from compositor.files import leftovers, write_atomically, write_beside
-from compositor.signals import Terminated, signals_noted
+from compositor.signals import STOP_EXIT_CODES, Terminated, signals_noted, stopped_by
 from compositor.sourcemap import SourceMap
 from compositor.storage import LocalLocation, Location, ReportWriter, StorageError, open_location
 
@@ -121,7 +121,7 @@ class BatchSummary:
     @property
     def exit_code(self) -> int:
         if self.stopped_by is not None:
-            return {"interrupted": 130, "terminated": 143}.get(self.stopped_by, 2)
+            return STOP_EXIT_CODES.get(self.stopped_by, 2)
         return 1 if self.failed else 0
 
 
@@ -293,7 +293,7 @@ class BatchRun:
         try:
             self._pump(items, in_flight)
         except KeyboardInterrupt as stop:
-            self.summary.stopped_by = "terminated" if isinstance(stop, Terminated) else "interrupted"
+            self.summary.stopped_by = stopped_by(stop)
         except (ExecutorUnavailable, BatchOutputError) as exc:
             self.summary.stopped_by = str(exc)
         finally:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from compositor.commands import batch, models, render, serve, submit, validate
 from compositor.commands.common import EXIT_OK
-from compositor.signals import Terminated, raise_terminated
+from compositor.signals import STOP_EXIT_CODES, raise_terminated, stopped_by
 
 # Commands that do one job and end: nothing of theirs needs the interpreter's
 # tear-down (see `run`). `serve` is not one: its workers and threads end there.
@@ -68,9 +68,9 @@ def _dispatch(argv: list[str] | None) -> tuple[int, str]:
         except BrokenPipeError:
             return EXIT_OK, args.command
         except KeyboardInterrupt as stop:  # what the command left to Python: its files are whole or gone
-            terminated = isinstance(stop, Terminated)
-            print(f"compositor: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-            return (143 if terminated else 130), args.command
+            said = stopped_by(stop)
+            print(f"compositor: {said}", file=sys.stderr)
+            return STOP_EXIT_CODES[said], args.command
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,15 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C would be and handled as it is; the exit status is 143, not 130."""
 
 
+# What a command says it was stopped by, and the status it then exits with.
+STOP_EXIT_CODES = {"interrupted": 130, "terminated": 143}
+
+
+def stopped_by(stop: KeyboardInterrupt | int) -> str:
+    """'terminated' for a Terminated or SIGTERM's number, else 'interrupted' (Ctrl-C)."""
+    return "terminated" if isinstance(stop, Terminated) or stop == signal.SIGTERM else "interrupted"
+
+
 def raise_terminated(signum: int, frame: object) -> None:
     """The SIGTERM handler every command runs under (see `Terminated`)."""
     raise Terminated

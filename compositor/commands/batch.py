@@ -64,15 +64,15 @@ def _local(target: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from compositor.signals import Terminated
+    from compositor.signals import STOP_EXIT_CODES, stopped_by
 
     try:
         with contextlib.ExitStack() as held:
             return _run_batch(args, held)
     except KeyboardInterrupt as stop:  # outside the run's own handling: counting the input, starting or stopping
-        said = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        said = stopped_by(stop)
         print(f"compositor: {said}; what was written stays whole (--resume carries on)", file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130
+        return STOP_EXIT_CODES[said]
 
 
 def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
@@ -81,7 +81,7 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     from compositor.executors import DaskExecutor, ExecutorUnavailable, LocalExecutor, RenderExecutor
     from compositor.folderlock import FolderInUseError, FolderLock, FolderLockError, LockingUnsupportedError
     from compositor.heap import prepare_render_process
-    from compositor.signals import signals_noted
+    from compositor.signals import STOP_EXIT_CODES, signals_noted, stopped_by
     from compositor.sourcemap import SourceMapError
     from compositor.storage import Location, StorageError, open_location
 
@@ -179,11 +179,11 @@ def _run_batch(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             executor.shutdown()
             run.discard_partials()  # of items under way at a stop: no worker is left to finish them
     if again and summary.stopped_by is None:
-        summary.stopped_by = "terminated" if again[0] == signal.SIGTERM else "interrupted"
+        summary.stopped_by = stopped_by(again[0])
     report = run.output.url_of(REPORT_NAME)
     counts = f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped"
     line = f"{counts}, {summary.warned} with warnings; report in {report}"
-    if summary.stopped_by in ("interrupted", "terminated"):
+    if summary.stopped_by in STOP_EXIT_CODES:
         line = f"{summary.stopped_by}: {line}; {summary.not_run} under way were dropped (--resume carries on)"
     elif summary.stopped_by is not None:
         line = f"stopped, {summary.stopped_by}: {line}; {summary.not_run} under way were dropped (--resume carries on)"
